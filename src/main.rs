@@ -1,0 +1,335 @@
+//! secure-guest: the boot flow, top to bottom.
+//!
+//! The arch entry code (src/arch/) gets the machine into a state where Rust can run and hands
+//! over a `BootInfo`. From there: console report, heap, command line, device tree, verdict.
+#![no_std]
+#![no_main]
+#![deny(unsafe_op_in_unsafe_fn)]
+
+extern crate alloc;
+
+mod arch;
+mod console;
+
+use core::panic::PanicInfo;
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+
+use linked_list_allocator::LockedHeap;
+use secure_guest::bootinfo::BootInfo;
+use secure_guest::cmdline::{self, Diagnostic};
+use secure_guest::devtree::{self, DeviceTree};
+use secure_guest::memmap::RegionKind;
+use secure_guest::report::{Record, Verdict};
+
+use console::Console;
+
+#[global_allocator]
+static HEAP: LockedHeap = LockedHeap::empty();
+
+/// The heap never takes more than this: the rest of RAM stays free for later users (the shared
+/// pool, secret-marked private memory) and a huge heap would only slow down its first use.
+const HEAP_MAX: u64 = 64 << 20;
+
+static ERRORS: AtomicU32 = AtomicU32::new(0);
+static WARNINGS: AtomicU32 = AtomicU32::new(0);
+static ENTRY_TICKS: AtomicU64 = AtomicU64::new(0);
+static TICK_HZ: AtomicU64 = AtomicU64::new(0);
+/// Set once `end` is being written: a fault while ending must not recurse.
+static ENDING: AtomicBool = AtomicBool::new(false);
+
+fn elapsed_us(now: u64) -> Option<u64> {
+    let hz = TICK_HZ.load(Ordering::Relaxed);
+    let ticks = now.wrapping_sub(ENTRY_TICKS.load(Ordering::Relaxed));
+    (hz != 0).then(|| (ticks as u128 * 1_000_000 / hz as u128) as u64)
+}
+
+/// Reports an error record; the verdict becomes `fail`.
+fn report_error(what: &str, message: &str) {
+    ERRORS.fetch_add(1, Ordering::Relaxed);
+    Record::new(&mut Console, "error").str("what", what).str("message", message).end();
+}
+
+/// Writes the `end` record and powers off. Never returns.
+fn end(verdict: Verdict) -> ! {
+    ENDING.store(true, Ordering::SeqCst);
+    let verdict = if verdict == Verdict::Pass && ERRORS.load(Ordering::Relaxed) > 0 {
+        Verdict::Fail
+    } else {
+        verdict
+    };
+    Record::new(&mut Console, "end")
+        .str("verdict", verdict.as_str())
+        .u64("errors", ERRORS.load(Ordering::Relaxed) as u64)
+        .u64("warnings", WARNINGS.load(Ordering::Relaxed) as u64)
+        .opt_u64("entry_to_end_us", elapsed_us(arch::now_ticks()))
+        .end();
+    arch::power_off(verdict)
+}
+
+/// Called by the arch entry code. `info` describes the machine as the firmware left it.
+pub fn boot_main(info: BootInfo) -> ! {
+    ENTRY_TICKS.store(info.entry_ticks, Ordering::Relaxed);
+    TICK_HZ.store(info.tick_hz.unwrap_or(0), Ordering::Relaxed);
+
+    // 1. Tell the host who we are and what we were given.
+    report_boot(&info);
+
+    // 2. Heap over free RAM: never over the image, the device tree or firmware areas, which the
+    //    arch code listed as reserved.
+    init_heap(&info);
+
+    // 3. Command line.
+    let (opts, diags) = cmdline::parse(info.cmdline);
+    for d in &diags {
+        report_option(d);
+    }
+
+    // 4. Devices: the device tree, and what the arch finds without one.
+    let mut tree = match info.fdt {
+        Some(blob) => match devtree::parse(blob) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                report_error("devtree", &alloc::format!("{e:?}"));
+                None
+            }
+        },
+        None => Some(DeviceTree::default()),
+    };
+    if let Some(t) = tree.as_mut() {
+        arch::arch_devices(t);
+        report_devtree(t, if info.fdt.is_some() { "fdt" } else { "pci-scan" });
+    }
+
+    // 5. Test-only failure injections, after everything above has been reported.
+    if opts.debug_fault {
+        arch::trigger_fault();
+        report_error("debug", "sg.debug.fault: the fault did not happen");
+    }
+    if opts.debug_panic {
+        panic!("sg.debug.panic: deliberate panic");
+    }
+
+    end(Verdict::Pass)
+}
+
+fn report_boot(info: &BootInfo) {
+    let now = arch::now_ticks();
+    let ticks = now.wrapping_sub(info.entry_ticks);
+    Record::new(&mut Console, "boot")
+        .str("arch", info.arch)
+        .str("machine", info.machine)
+        .str("firmware", info.firmware.as_str())
+        .str("guest", env!("CARGO_PKG_VERSION"))
+        .hex("load_addr", info.image_start)
+        .hex("image_end", info.image_end)
+        .u64("ram_bytes", info.memory.ram_bytes())
+        .hex("ram_top", info.memory.ram_top())
+        .json("memory", |j| {
+            j.begin_array();
+            for r in info.memory.regions() {
+                j.begin_object();
+                j.key("base");
+                j.hex(r.base);
+                j.key("size");
+                j.u64(r.size);
+                j.key("kind");
+                j.str(match r.kind {
+                    RegionKind::Ram => "ram",
+                    RegionKind::Reserved => "reserved",
+                });
+                j.key("label");
+                j.str(r.label);
+                j.end_object();
+            }
+            j.end_array();
+        })
+        .u64("memory_dropped", info.memory.dropped as u64)
+        .opt_u64("cpus", info.cpus.map(u64::from))
+        .bytes_lossy("cmdline", info.cmdline)
+        .str("console", info.console)
+        .opt_u64("tick_hz", info.tick_hz)
+        .str("tick_source", info.tick_source)
+        .u64("entry_to_boot_ticks", ticks)
+        .opt_u64("entry_to_boot_us", elapsed_us(now))
+        .end();
+}
+
+fn init_heap(info: &BootInfo) {
+    // Below 4 GiB: every arch maps that at entry, and 32-bit DMA engines can reach it later.
+    let mut best: Option<(u64, u64)> = None;
+    info.memory.for_each_free(0x1000, 1 << 20, |b, e| {
+        let e = e.min(1 << 32);
+        if b < e && best.is_none_or(|(bb, be)| e - b > be - bb) {
+            best = Some((b, e));
+        }
+    });
+    match best {
+        Some((base, end)) => {
+            let size = (end - base).min(HEAP_MAX);
+            // SAFETY: [base, base+size) is RAM that no reserved range covers (the arch layer
+            // reserved the image, stack, device tree and firmware), identity-mapped, and handed
+            // to the allocator exactly once.
+            unsafe { HEAP.lock().init(base as *mut u8, size as usize) };
+            Record::new(&mut Console, "heap").hex("base", base).u64("size", size).end();
+        }
+        None => {
+            report_error("heap", "no free RAM of at least 1 MiB below 4 GiB");
+            end(Verdict::Fail);
+        }
+    }
+}
+
+fn report_option(d: &Diagnostic) {
+    let level = if d.is_error() { "error" } else { "warning" };
+    if d.is_error() {
+        ERRORS.fetch_add(1, Ordering::Relaxed);
+    } else {
+        WARNINGS.fetch_add(1, Ordering::Relaxed);
+    }
+    let r = Record::new(&mut Console, "option").str("level", level);
+    match d {
+        Diagnostic::Unknown { option } => r
+            .str("option", option)
+            .str("message", "unknown option, ignored"),
+        Diagnostic::Malformed { option, value, expected } => r
+            .str("option", option)
+            .str("value", value)
+            .str("expected", expected)
+            .str("message", "malformed value"),
+        Diagnostic::BadToken { token, why } => r.str("option", token).str("message", why),
+    }
+    .end();
+}
+
+fn report_devtree(t: &DeviceTree, source: &str) {
+    Record::new(&mut Console, "devtree")
+        .str("source", source)
+        .u64("nodes", t.nodes as u64)
+        .u64("size", t.total_size as u64)
+        .json("model", |j| match &t.model {
+            Some(m) => j.str(m),
+            None => j.null(),
+        })
+        .u64("cpus", t.cpus as u64)
+        .opt_u64("timebase_hz", t.timebase_hz)
+        .json("stdout_path", |j| match &t.stdout_path {
+            Some(p) => j.str(p),
+            None => j.null(),
+        })
+        .json("virtio_mmio", |j| {
+            j.begin_array();
+            for v in &t.virtio_mmio {
+                j.begin_object();
+                j.key("path");
+                j.str(&v.path);
+                j.key("base");
+                j.hex(v.base);
+                j.key("size");
+                j.u64(v.size);
+                j.key("irq");
+                match v.irq {
+                    Some(i) => j.u64(i as u64),
+                    None => j.null(),
+                }
+                j.end_object();
+            }
+            j.end_array();
+        })
+        .json("pci_hosts", |j| {
+            j.begin_array();
+            for h in &t.pci_hosts {
+                j.begin_object();
+                j.key("path");
+                j.str(&h.path);
+                j.key("compatible");
+                match &h.compatible {
+                    Some(c) => j.str(c),
+                    None => j.null(),
+                }
+                j.key("dma_window");
+                j.bool(h.has_dma_window);
+                j.end_object();
+            }
+            j.end_array();
+        })
+        .json("pci", |j| {
+            j.begin_array();
+            for f in &t.pci_functions {
+                j.begin_object();
+                j.key("path");
+                j.str(&f.path);
+                j.key("bdf");
+                j.str(&alloc::format!("{:02x}:{:02x}.{}", f.bus, f.device, f.function));
+                j.key("vendor");
+                j.hex(f.vendor_id as u64);
+                j.key("device");
+                j.hex(f.device_id as u64);
+                j.key("class");
+                j.str(&alloc::format!("{:#08x}", f.class));
+                j.key("virtio");
+                j.bool(f.is_virtio());
+                j.end_object();
+            }
+            j.end_array();
+        })
+        .json("rtas", |j| match &t.rtas {
+            Some(r) => {
+                j.begin_object();
+                for (name, tok) in [
+                    ("power-off", r.power_off),
+                    ("read-pci-config", r.read_pci_config),
+                    ("write-pci-config", r.write_pci_config),
+                    ("ibm,read-pci-config", r.ibm_read_pci_config),
+                    ("ibm,write-pci-config", r.ibm_write_pci_config),
+                ] {
+                    if let Some(tok) = tok {
+                        j.key(name);
+                        j.u64(tok as u64);
+                    }
+                }
+                j.end_object();
+            }
+            None => j.null(),
+        })
+        .bool("ultravisor", t.ultravisor)
+        .end();
+}
+
+/// Called by the arch exception handlers for any interrupt the guest did not expect.
+/// `details` are arch-specific (name, value) pairs.
+pub fn fatal_exception(vector: u64, name: &str, pc: u64, details: &[(&str, u64)]) -> ! {
+    if ENDING.swap(true, Ordering::SeqCst) {
+        // Faulted while ending: the report is already as complete as it can be.
+        arch::power_off(Verdict::Fail);
+    }
+    ERRORS.fetch_add(1, Ordering::Relaxed);
+    let mut r = Record::new(&mut Console, "exception")
+        .hex("vector", vector)
+        .str("name", name)
+        .hex("pc", pc);
+    for &(k, v) in details {
+        r = r.hex(k, v);
+    }
+    r.end();
+    ENDING.store(false, Ordering::SeqCst);
+    end(Verdict::Fail)
+}
+
+#[panic_handler]
+fn panic(info: &PanicInfo) -> ! {
+    if ENDING.swap(true, Ordering::SeqCst) {
+        arch::power_off(Verdict::Fail);
+    }
+    ERRORS.fetch_add(1, Ordering::Relaxed);
+    let (file, line) = info.location().map_or(("?", 0), |l| (l.file(), l.line()));
+    // The message is formatted into a fixed buffer: the heap may be what failed.
+    let mut buf = console::FixedBuf::<256>::new();
+    let _ = core::fmt::write(&mut buf, format_args!("{}", info.message()));
+    Record::new(&mut Console, "panic")
+        .str("message", buf.as_str())
+        .str("file", file)
+        .u64("line", line as u64)
+        .end();
+    ENDING.store(false, Ordering::SeqCst);
+    end(Verdict::Fail)
+}
