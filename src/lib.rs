@@ -7,6 +7,7 @@
 
 extern crate alloc;
 
+pub mod acpi;
 pub mod bootinfo;
 pub mod cmdline;
 pub mod devtree;

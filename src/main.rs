@@ -49,6 +49,12 @@ fn report_error(what: &str, message: &str) {
     Record::new(&mut Console, "error").str("what", what).str("message", message).end();
 }
 
+/// For the arch entry code: a failure before `boot_main` could run. Reports and ends the run.
+pub fn early_fatal(what: &str, message: &str) -> ! {
+    report_error(what, message);
+    end(Verdict::Fail)
+}
+
 /// Writes the `end` record and powers off. Never returns.
 fn end(verdict: Verdict) -> ! {
     ENDING.store(true, Ordering::SeqCst);
@@ -186,7 +192,8 @@ fn report_option(d: &Diagnostic) {
     } else {
         WARNINGS.fetch_add(1, Ordering::Relaxed);
     }
-    let r = Record::new(&mut Console, "option").str("level", level);
+    let mut console = Console;
+    let r = Record::new(&mut console, "option").str("level", level);
     match d {
         Diagnostic::Unknown { option } => r
             .str("option", option)
@@ -303,7 +310,8 @@ pub fn fatal_exception(vector: u64, name: &str, pc: u64, details: &[(&str, u64)]
         arch::power_off(Verdict::Fail);
     }
     ERRORS.fetch_add(1, Ordering::Relaxed);
-    let mut r = Record::new(&mut Console, "exception")
+    let mut console = Console;
+    let mut r = Record::new(&mut console, "exception")
         .hex("vector", vector)
         .str("name", name)
         .hex("pc", pc);

@@ -1,0 +1,62 @@
+# secure-guest: `make run` and `make test` are all a new user needs. Both first run the setup
+# script, which installs what is missing (QEMU 10, dtc, the pinned Rust toolchain and targets).
+
+ARCH     ?= ppc64le
+ifeq ($(ARCH),ppc64le)
+MACHINE  ?= pseries
+else
+MACHINE  ?= q35
+endif
+FIRMWARE ?= vof
+ACCEL    ?= tcg
+MEMORY   ?= 512M
+SMP      ?= 1
+CMDLINE  ?=
+# QEMU=/path/to/qemu-system-... selects another QEMU binary (the harness reads it from the env).
+export QEMU
+export ACCEL
+
+PPC_TARGET := powerpc64le-unknown-linux-gnu
+X86_TARGET := x86_64-unknown-none
+SYSROOT     = $(shell rustc --print sysroot)
+OBJCOPY     = $(SYSROOT)/lib/rustlib/x86_64-unknown-linux-gnu/bin/llvm-objcopy
+CARGO_GUEST = cargo build --release --features guest --bin secure-guest --bin noop
+
+IMAGES := build/secure-guest-ppc64le build/secure-guest-x86_64 build/noop-ppc64le build/noop-x86_64
+
+.PHONY: all setup images run test unit integration lint clean FORCE
+
+all: images
+
+setup:
+	@scripts/setup.sh
+
+# Cargo decides what is stale; the copies are only refreshed when the ELF changed.
+images: setup
+	@$(CARGO_GUEST) --target $(PPC_TARGET)
+	@$(CARGO_GUEST) --target $(X86_TARGET)
+	@mkdir -p build
+	@for t in secure-guest noop; do \
+	  $(OBJCOPY) --strip-all target/$(PPC_TARGET)/release/$$t build/$$t-ppc64le; \
+	  $(OBJCOPY) --strip-all target/$(X86_TARGET)/release/$$t build/$$t-x86_64; \
+	done
+	@ls -l $(IMAGES) | awk '{ printf "image %-28s %7d bytes\n", $$9, $$5 }'
+
+run: images
+	cargo run -q -p harness -- run --arch $(ARCH) --machine $(MACHINE) \
+	  $(if $(filter pseries,$(MACHINE)),--firmware $(FIRMWARE)) \
+	  --accel $(ACCEL) --memory $(MEMORY) --smp $(SMP) --append "$(CMDLINE)"
+
+# Everything: lints, host unit tests (parsers against hostile input), then the integration
+# tests that boot every machine in real QEMU.
+test: images lint
+	cargo test --workspace
+
+lint:
+	cargo clippy -q --workspace --all-targets -- -D warnings
+	cargo clippy -q --release --features guest --bins --target $(PPC_TARGET) -- -D warnings
+	cargo clippy -q --release --features guest --bins --target $(X86_TARGET) -- -D warnings
+
+clean:
+	cargo clean
+	rm -rf build
