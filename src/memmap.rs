@@ -135,10 +135,11 @@ impl MemoryMap {
                 };
                 let start = cursor.checked_add(align - 1).map(|v| v & !(align - 1));
                 let stop = piece_end & !(align - 1);
-                if let Some(start) = start {
-                    if stop > start && stop - start >= min {
-                        f(start, stop);
-                    }
+                if let Some(start) = start
+                    && stop > start
+                    && stop - start >= min
+                {
+                    f(start, stop);
                 }
                 cursor = piece_end;
             }

@@ -74,10 +74,10 @@ pub fn arch_devices(tree: &mut DeviceTree) {
     if machine == "q35" || machine == "pc" {
         pci::enumerate(tree, if machine == "q35" { "q35 (ich9)" } else { "i440fx" });
     }
-    if tree.cpus == 0 {
-        if let Some(f) = fwcfg::FwCfg::probe() {
-            tree.cpus = f.cpus();
-        }
+    if tree.cpus == 0
+        && let Some(f) = fwcfg::FwCfg::probe()
+    {
+        tree.cpus = f.cpus();
     }
 }
 
@@ -130,7 +130,7 @@ fn tsc_hz() -> (Option<u64>, &'static str) {
     // Bounded: with no PIT the count never moves, and a dead PIT reads 0xffff forever.
     for _ in 0..5_000_000u32 {
         let elapsed = first.wrapping_sub(read_count());
-        if elapsed >= SPAN && elapsed < 0x8000 {
+        if (SPAN..0x8000).contains(&elapsed) {
             let ticks = io::rdtsc() - start;
             return (Some(ticks * PIT_HZ / elapsed as u64), "pit");
         }
@@ -164,6 +164,32 @@ fn find_power_off(rsdp_hint: u64, e820: &[(u64, u64)]) -> Option<PowerOff> {
     };
     let mut scratch = [0u8; 16 * 1024];
     acpi::power_off_method(rsdp, |a, b| acpi_read(e820, a, b), &mut scratch).ok()
+}
+
+/// microvm's device tree from fw_cfg `etc/fdt`, copied into `FDT_BUF`.
+fn read_fdt(f: &fwcfg::FwCfg) -> Option<&'static [u8]> {
+    let (sel, file_size) = f.find_file("etc/fdt")?;
+    // SAFETY: called once during single-threaded boot; nothing else references FDT_BUF.
+    let buf = unsafe { &mut *FDT_BUF.0.get() };
+    // QEMU's fw_cfg file is the whole 1 MiB buffer the tree was built in, unpacked (totalsize
+    // says 1 MiB too). Read the header, then only up to the end of the structure and strings
+    // blocks, and make our copy's totalsize say so.
+    let mut header = [0u8; 40];
+    f.read(sel, &mut header);
+    let be = |o: usize| u32::from_be_bytes([header[o], header[o + 1], header[o + 2], header[o + 3]]);
+    let used = (be(8) as u64 + be(36) as u64).max(be(12) as u64 + be(32) as u64).max(40);
+    if used > file_size as u64 || used as usize > buf.len() {
+        let mut m = crate::console::FixedBuf::<128>::new();
+        let _ = core::fmt::write(
+            &mut m,
+            format_args!("etc/fdt: blocks end at {used}, the file has {file_size} bytes, the buffer 64 KiB"),
+        );
+        crate::early_fatal("devtree", m.as_str());
+    }
+    let blob = &mut buf[..used as usize];
+    f.read(sel, blob);
+    blob[4..8].copy_from_slice(&(used as u32).to_be_bytes());
+    Some(blob)
 }
 
 /// Called by entry.rs in long mode with the PVH start info and the TSC at entry.
@@ -229,32 +255,7 @@ extern "C" fn x86_64_rust_entry(start_info: u64, entry_tsc: u64) -> ! {
     // The machine: microvm hands its device tree through fw_cfg; q35 and pc have no tree, and
     // their host bridge says which chipset it is.
     let fw = fwcfg::FwCfg::probe();
-    let mut fdt: Option<&'static [u8]> = None;
-    if let Some(f) = &fw {
-        if let Some((sel, file_size)) = f.find_file("etc/fdt") {
-            // SAFETY: single-threaded boot; nothing else references FDT_BUF.
-            let buf = unsafe { &mut *FDT_BUF.0.get() };
-            // QEMU's fw_cfg file is the whole 1 MiB buffer the tree was built in, unpacked
-            // (totalsize says 1 MiB too). Read the header, then only up to the end of the
-            // structure and strings blocks, and make our copy's totalsize say so.
-            let mut header = [0u8; 40];
-            f.read(sel, &mut header);
-            let be = |o: usize| u32::from_be_bytes([header[o], header[o + 1], header[o + 2], header[o + 3]]);
-            let used = (be(8) as u64 + be(36) as u64).max(be(12) as u64 + be(32) as u64).max(40);
-            if used > file_size as u64 || used as usize > buf.len() {
-                let mut m = crate::console::FixedBuf::<128>::new();
-                let _ = core::fmt::write(
-                    &mut m,
-                    format_args!("etc/fdt: blocks end at {used}, the file has {file_size} bytes, the buffer 64 KiB"),
-                );
-                crate::early_fatal("devtree", m.as_str());
-            }
-            let blob = &mut buf[..used as usize];
-            f.read(sel, blob);
-            blob[4..8].copy_from_slice(&(used as u32).to_be_bytes());
-            fdt = Some(blob);
-        }
-    }
+    let fdt = fw.as_ref().and_then(read_fdt);
     let machine = if fdt.is_some() {
         "microvm"
     } else {
