@@ -24,7 +24,7 @@ CARGO_GUEST = cargo build --release --features guest --bin secure-guest --bin no
 
 IMAGES := build/secure-guest-ppc64le build/secure-guest-x86_64 build/noop-ppc64le build/noop-x86_64
 
-.PHONY: all setup images run test unit integration lint clean FORCE
+.PHONY: all setup images run noop test unit integration lint clean
 
 all: images
 
@@ -46,6 +46,21 @@ run: images
 	cargo run -q -p harness -- run --arch $(ARCH) --machine $(MACHINE) \
 	  $(if $(filter pseries,$(MACHINE)),--firmware $(FIRMWARE)) \
 	  --accel $(ACCEL) --memory $(MEMORY) --smp $(SMP) --append "$(CMDLINE)"
+
+# The no-op payload: what QEMU and the firmware cost alone.
+noop: images
+	cargo run -q -p harness -- noop --arch $(ARCH) --machine $(MACHINE) \
+	  $(if $(filter pseries,$(MACHINE)),--firmware $(FIRMWARE)) \
+	  --accel $(ACCEL) --memory $(MEMORY) --smp $(SMP)
+
+# Host only: parsers, report writer, the harness against a fake QEMU. No images needed.
+unit: setup
+	cargo test --workspace --lib
+	cargo test -p harness
+
+# Boot every machine in QEMU and check the reports.
+integration: images
+	cargo test --test boot
 
 # Everything: lints, host unit tests (parsers against hostile input), then the integration
 # tests that boot every machine in real QEMU.

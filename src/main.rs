@@ -51,6 +51,7 @@ fn report_error(what: &str, message: &str) {
 
 /// For the arch entry code: a failure before `boot_main` could run. Reports and ends the run.
 pub fn early_fatal(what: &str, message: &str) -> ! {
+    arch::console_write(b"\n");
     report_error(what, message);
     end(Verdict::Fail)
 }
@@ -77,7 +78,9 @@ pub fn boot_main(info: BootInfo) -> ! {
     ENTRY_TICKS.store(info.entry_ticks, Ordering::Relaxed);
     TICK_HZ.store(info.tick_hz.unwrap_or(0), Ordering::Relaxed);
 
-    // 1. Tell the host who we are and what we were given.
+    // 1. Tell the host who we are and what we were given. Firmware may leave a partial line
+    //    (SeaBIOS: "Booting from ROM.."), and a record must start its line.
+    arch::console_write(b"\n");
     report_boot(&info);
 
     // 2. Heap over free RAM: never over the image, the device tree or firmware areas, which the
