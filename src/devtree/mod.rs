@@ -3,8 +3,30 @@
 //! A device tree comes from the host and is not trusted: [`validate`] walks the whole blob with
 //! bounds checks before the `fdt` crate ever sees it, so a truncated, corrupted or hostile blob
 //! is an error, never a panic or a hang. Only the accessors of `fdt` that cannot panic are used.
+//!
+//! - `check`: the header, the memory reserve map and every token of the structure block
+//!   ([`validate`]), plus a NOP-free copy of the blob for the `fdt` crate when needed.
+//! - `extract`: walks the validated tree with `fdt` and decodes the properties the guest uses
+//!   ([`parse`]); a malformed value in one of those is an error too, never a guess.
+//!
+//! Limits: at most [`MAX_DEPTH`] nested nodes, [`MAX_NODES`] nodes, node names of at most
+//! [`MAX_NAME_LEN`] bytes, paths of at most [`MAX_PATH_LEN`] bytes and [`MAX_DEVICES`] entries
+//! in each device list. Real trees are far below all of them (QEMU's pseries tree: 17 nodes,
+//! 3 levels); the limits bound the work and the memory a hostile tree can cost.
+//!
+//! Fixtures (QEMU's own trees) and how they were made: `src/devtree/testdata/README.md`.
 
+mod check;
+mod extract;
 pub mod writer;
+
+#[cfg(test)]
+mod tests;
+#[cfg(test)]
+mod tests_hostile;
+
+pub use check::{MAX_DEPTH, MAX_NAME_LEN, MAX_NODES, MAX_PATH_LEN};
+pub use extract::MAX_DEVICES;
 
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -15,10 +37,13 @@ pub enum DtError {
     /// Fewer bytes than a header, or than the header's `totalsize`.
     Truncated { need: usize, have: usize },
     BadMagic(u32),
+    /// `version` below 16, or `last_comp_version` above 17 (the offending value).
     UnsupportedVersion(u32),
     /// An offset or size in the header points outside the blob or overlaps another block.
     BadHeader(&'static str),
-    /// The structure block is malformed at byte `offset` (relative to the blob).
+    /// The structure block is malformed at byte `offset` (relative to the blob), or a node
+    /// there carries a malformed value the guest uses (`offset` is then the node's
+    /// FDT_BEGIN_NODE token), or a limit was exceeded there.
     BadStructure { offset: usize, why: &'static str },
 }
 
@@ -98,10 +123,11 @@ pub struct DeviceTree {
     /// CPU nodes (`device_type = "cpu"`); threads per core are counted from
     /// `ibm,ppc-interrupt-server#s` where present.
     pub cpus: u32,
-    /// `/cpus/*/timebase-frequency` of the first CPU.
+    /// `/cpus/*/timebase-frequency` of the first CPU (or of `/cpus`), 32 or 64 bits.
     pub timebase_hz: Option<u64>,
     pub bootargs: Option<Vec<u8>>,
-    /// `/chosen/stdout-path` (or `linux,stdout-path`), options after ':' removed.
+    /// `/chosen/stdout-path` (or `linux,stdout-path`), options after ':' removed; a leading
+    /// alias is replaced by its `/aliases` path (kept as given when there is none).
     pub stdout_path: Option<String>,
     pub hvterm: Option<HvTerm>,
     pub rtas: Option<RtasTokens>,
@@ -115,12 +141,26 @@ pub struct DeviceTree {
 /// Checks a blob completely: header, reserve map, every token of the structure block, every
 /// property name offset. Returns the number of nodes. Never panics, never loops forever.
 pub fn validate(blob: &[u8]) -> Result<u32, DtError> {
-    let _ = blob;
-    Err(DtError::BadHeader("not implemented yet"))
+    check::check(blob).map(|layout| layout.nodes)
 }
 
 /// Validates and parses a blob into a [`DeviceTree`].
 pub fn parse(blob: &[u8]) -> Result<DeviceTree, DtError> {
-    let nodes = validate(blob)?;
-    Ok(DeviceTree { nodes, ..DeviceTree::default() })
+    let layout = check::check(blob)?;
+    let mut tree = if layout.needs_copy() {
+        // NOP tokens (or a v16 header) are legal but the `fdt` crate mishandles them (see
+        // `check::Layout::needs_copy`): it gets an equivalent NOP-free v17 copy instead.
+        let canon = check::canonical(blob, &layout)?;
+        extract::extract(&canon.blob, &|off| canon.original_offset(off))?
+    } else {
+        extract::extract(blob.get(..layout.total).unwrap_or(blob), &|off| off)?
+    };
+    tree.nodes = layout.nodes;
+    // `check` accepted totalsize, a header field: it fits in a u32.
+    tree.total_size = layout.total as u32;
+    // The reserve map first, then the /reserved-memory children the walk found.
+    let mut reserved = check::reservations(blob, &layout);
+    reserved.append(&mut tree.reserved);
+    tree.reserved = reserved;
+    Ok(tree)
 }
