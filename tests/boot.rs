@@ -199,9 +199,27 @@ fn check_noop(s: Setup) {
     assert!(r.records.is_empty() && r.protocol_errors.is_empty(), "{r}");
 }
 
+/// No console at all: nothing to write the report to, yet the run must end by itself (power-off),
+/// and on x86 the verdict still reaches the host through the exit device (pass → 1).
+fn check_no_console(s: Setup) {
+    let mut c = config(s);
+    c.console = false;
+    c.timeout = std::time::Duration::from_secs(30);
+    let r = harness::run(&c).unwrap_or_else(|e| panic!("{}: {e:#}", c.reproduce()));
+    assert!(!r.timed_out, "a guest without a console hung\n{r}");
+    assert!(r.exited_cleanly(), "{r}");
+    if c.has_exit_device() {
+        assert_eq!(r.exit_status.code(), Some(1), "verdict pass in the exit status\n{r}");
+    }
+}
+
 mod pseries_vof {
     use super::*;
     const S: Setup = PSERIES_VOF;
+    #[test]
+    fn no_console_still_ends() {
+        check_no_console(S);
+    }
     #[test]
     fn report_matches_machine() {
         check_machine(S, "512M", 1);
@@ -238,6 +256,10 @@ mod pseries_slof {
     use super::*;
     const S: Setup = PSERIES_SLOF;
     #[test]
+    fn no_console_still_ends() {
+        check_no_console(S);
+    }
+    #[test]
     fn report_matches_machine() {
         check_machine(S, "512M", 1);
     }
@@ -254,6 +276,10 @@ mod pseries_slof {
 mod microvm {
     use super::*;
     const S: Setup = MICROVM;
+    #[test]
+    fn no_console_still_ends() {
+        check_no_console(S);
+    }
     #[test]
     fn report_matches_machine() {
         check_machine(S, "512M", 1);
@@ -283,6 +309,10 @@ mod microvm {
 mod q35 {
     use super::*;
     const S: Setup = Q35;
+    #[test]
+    fn no_console_still_ends() {
+        check_no_console(S);
+    }
     #[test]
     fn report_matches_machine() {
         check_machine(S, "512M", 1);
@@ -317,6 +347,10 @@ mod q35 {
 mod pc {
     use super::*;
     const S: Setup = PC;
+    #[test]
+    fn no_console_still_ends() {
+        check_no_console(S);
+    }
     #[test]
     fn report_matches_machine() {
         check_machine(S, "512M", 1);

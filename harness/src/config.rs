@@ -254,6 +254,9 @@ pub struct QemuConfig {
     /// x86 only: add [`X86_EXIT_DEVICE`] so that QEMU's exit status carries the verdict. Off, the
     /// guest powers off through ACPI and QEMU exits 0.
     pub exit_device: bool,
+    /// Connect the guest console (to `console.log`). Off, the machine has no console at all:
+    /// the guest must still end the run, with its verdict in the exit status where it can.
+    pub console: bool,
     /// QEMU is killed after this long and the run is `Wedged`.
     pub timeout: Duration,
 }
@@ -281,6 +284,7 @@ impl QemuConfig {
             extra_args: Vec::new(),
             qemu_binary: qemu_from_env(arch),
             exit_device: true,
+            console: true,
             timeout: Duration::from_secs(60),
         })
     }
@@ -374,13 +378,17 @@ impl QemuConfig {
         if let Some(append) = &self.append {
             push(&["-append", append]);
         }
-        push(&["-chardev", &format!("file,path={CONSOLE_FILE},id=con0")]);
+        if self.console {
+            push(&["-chardev", &format!("file,path={CONSOLE_FILE},id=con0")]);
+        }
         // `-serial` on every machine. pseries turns serial ports into spapr-vty devices, and
         // creates them before its always-present NVRAM, so the console is
         // /vdevice/vty@71000000; an explicit `-device spapr-vty` comes after the NVRAM and would
         // be vty@71000001. On x86 it is COM1 (0x3f8); microvm already has its ISA serial port
         // (isa-serial=on by default), this only connects it.
-        push(&["-serial", "chardev:con0"]);
+        if self.console {
+            push(&["-serial", "chardev:con0"]);
+        }
         if self.has_exit_device() {
             push(&["-device", X86_EXIT_DEVICE]);
         }
