@@ -19,5 +19,7 @@ fn main() {
         println!("cargo:rustc-link-arg-bins=--pie");
         println!("cargo:rustc-link-arg-bins=--no-dynamic-linker");
         println!("cargo:rustc-link-arg-bins=-znotext");
+        // One segment, no 64 KiB page alignment padding in the file (real mode has no pages).
+        println!("cargo:rustc-link-arg-bins=-zmax-page-size=4096");
     }
 }

@@ -82,6 +82,7 @@ pub fn boot_main(info: BootInfo) -> ! {
     //    (SeaBIOS: "Booting from ROM.."), and a record must start its line.
     arch::console_write(b"\n");
     report_boot(&info);
+    arch::report_early_errors();
 
     // 2. Heap over free RAM: never over the image, the device tree or firmware areas, which the
     //    arch code listed as reserved.

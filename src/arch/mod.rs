@@ -7,6 +7,8 @@
 //! - `now_ticks() -> u64`: the clock `BootInfo::tick_hz` describes;
 //! - `power_off(Verdict) -> !`: ends the run so that QEMU exits;
 //! - `trigger_fault()`: takes an unexpected interrupt on purpose (`sg.debug.fault`);
+//! - `report_early_errors()`: reports problems found before `boot_main` (the `boot` record must
+//!   come first, so they wait until it is written);
 //! - `arch_devices(&mut DeviceTree)`: adds what the arch finds without a device tree (x86 PCI
 //!   enumeration); a no-op where the device tree says everything.
 //!

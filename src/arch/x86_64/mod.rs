@@ -69,6 +69,10 @@ pub fn power_off(verdict: Verdict) -> ! {
     unsafe { core::arch::asm!("lidt [{}]", "int3", in(reg) &empty, options(noreturn)) }
 }
 
+/// x86 has no early errors to report late: what goes wrong before `boot_main` is fatal there
+/// (`crate::early_fatal`).
+pub fn report_early_errors() {}
+
 pub fn arch_devices(tree: &mut DeviceTree) {
     let machine = MACHINE.get().copied().unwrap_or("unknown");
     if machine == "q35" || machine == "pc" {
