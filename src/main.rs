@@ -43,10 +43,16 @@ fn elapsed_us(now: u64) -> Option<u64> {
     (hz != 0).then(|| (ticks as u128 * 1_000_000 / hz as u128) as u64)
 }
 
+/// Starts a record on the console, stamped with the time since entry (`t_us`, null while the
+/// clock is uncalibrated) so that a host can see what each phase cost.
+fn record(event: &str) -> Record<Console> {
+    Record::new(Console, event).opt_u64("t_us", elapsed_us(arch::now_ticks()))
+}
+
 /// Reports an error record; the verdict becomes `fail`.
 fn report_error(what: &str, message: &str) {
     ERRORS.fetch_add(1, Ordering::Relaxed);
-    Record::new(&mut Console, "error").str("what", what).str("message", message).end();
+    record("error").str("what", what).str("message", message).end();
 }
 
 /// For the arch entry code: a failure before `boot_main` could run. Reports and ends the run.
@@ -64,7 +70,7 @@ fn end(verdict: Verdict) -> ! {
     } else {
         verdict
     };
-    Record::new(&mut Console, "end")
+    record("end")
         .str("verdict", verdict.as_str())
         .u64("errors", ERRORS.load(Ordering::Relaxed) as u64)
         .u64("warnings", WARNINGS.load(Ordering::Relaxed) as u64)
@@ -125,7 +131,7 @@ pub fn boot_main(info: BootInfo) -> ! {
 fn report_boot(info: &BootInfo) {
     let now = arch::now_ticks();
     let ticks = now.wrapping_sub(info.entry_ticks);
-    Record::new(&mut Console, "boot")
+    record("boot")
         .str("arch", info.arch)
         .str("machine", info.machine)
         .str("firmware", info.firmware.as_str())
@@ -180,7 +186,7 @@ fn init_heap(info: &BootInfo) {
             // reserved the image, stack, device tree and firmware), identity-mapped, and handed
             // to the allocator exactly once.
             unsafe { HEAP.lock().init(base as *mut u8, size as usize) };
-            Record::new(&mut Console, "heap").hex("base", base).u64("size", size).end();
+            record("heap").hex("base", base).u64("size", size).end();
         }
         None => {
             report_error("heap", "no free RAM of at least 1 MiB below 4 GiB");
@@ -196,8 +202,7 @@ fn report_option(d: &Diagnostic) {
     } else {
         WARNINGS.fetch_add(1, Ordering::Relaxed);
     }
-    let mut console = Console;
-    let r = Record::new(&mut console, "option").str("level", level);
+    let r = record("option").str("level", level);
     match d {
         Diagnostic::Unknown { option } => r
             .str("option", option)
@@ -213,7 +218,7 @@ fn report_option(d: &Diagnostic) {
 }
 
 fn report_devtree(t: &DeviceTree, source: &str) {
-    Record::new(&mut Console, "devtree")
+    record("devtree")
         .str("source", source)
         .u64("nodes", t.nodes as u64)
         .u64("size", t.total_size as u64)
@@ -314,8 +319,7 @@ pub fn fatal_exception(vector: u64, name: &str, pc: u64, details: &[(&str, u64)]
         arch::power_off(Verdict::Fail);
     }
     ERRORS.fetch_add(1, Ordering::Relaxed);
-    let mut console = Console;
-    let mut r = Record::new(&mut console, "exception")
+    let mut r = record("exception")
         .hex("vector", vector)
         .str("name", name)
         .hex("pc", pc);
@@ -337,7 +341,7 @@ fn panic(info: &PanicInfo) -> ! {
     // The message is formatted into a fixed buffer: the heap may be what failed.
     let mut buf = console::FixedBuf::<256>::new();
     let _ = core::fmt::write(&mut buf, format_args!("{}", info.message()));
-    Record::new(&mut Console, "panic")
+    record("panic")
         .str("message", buf.as_str())
         .str("file", file)
         .u64("line", line as u64)

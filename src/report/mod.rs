@@ -43,14 +43,15 @@ impl Verdict {
     }
 }
 
-/// Writes one record: `@sg {"event":"…","v":1, …}` and a newline when dropped or ended.
-pub struct Record<'w, W: Write> {
-    out: &'w mut W,
+/// Writes one record: `@sg {"event":"…","v":1, …}` and the newline on `end`.
+/// `W` is the sink itself or a `&mut` to one (`&mut String` is a `fmt::Write` too).
+pub struct Record<W: Write> {
+    out: W,
     failed: bool,
 }
 
-impl<'w, W: Write> Record<'w, W> {
-    pub fn new(out: &'w mut W, event: &str) -> Self {
+impl<W: Write> Record<W> {
+    pub fn new(out: W, event: &str) -> Self {
         let mut r = Record { out, failed: false };
         r.raw(LINE_PREFIX);
         r.raw("{\"event\":");
@@ -169,7 +170,7 @@ impl<'w, W: Write> Record<'w, W> {
     /// Raw JSON produced by the caller (an array or object built with [`Json`]).
     pub fn json(mut self, key: &str, f: impl FnOnce(&mut Json<'_, W>)) -> Self {
         self.key(key);
-        let mut j = Json { out: self.out, failed: false, first: true };
+        let mut j = Json { out: &mut self.out, failed: false, first: true };
         f(&mut j);
         self.failed |= j.failed;
         self
@@ -202,7 +203,7 @@ impl<W: Write> Json<'_, W> {
         self.first = false;
     }
     fn string(&mut self, s: &str) {
-        let mut r = Record { out: self.out, failed: false };
+        let mut r = Record { out: &mut *self.out, failed: false };
         r.string_value(s);
         self.failed |= r.failed;
     }
