@@ -1,0 +1,188 @@
+//! `Direct`: the device address is the physical address.
+//!
+//! This guest runs identity-mapped (physical == virtual), so the physical address of a buffer is
+//! its pointer value. That is the path of an ordinary guest without an IOMMU, and of a secure
+//! guest before it goes secure. A device can then reach all of guest memory, so nothing is
+//! copied and nothing is protected: `Direct` only translates, checks constraints and counts.
+//!
+//! Shared regions come from the global heap.
+
+use core::alloc::Layout;
+use core::ptr::NonNull;
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use super::{
+    DeviceAddr, Direction, Dma, DmaConstraints, DmaError, DmaStats, Mapping, SharedRegion,
+    check_sync_range,
+};
+
+/// The direct path. `const`-constructible so that it can be a `static`.
+#[derive(Debug, Default)]
+pub struct Direct {
+    maps: AtomicU64,
+    unmaps: AtomicU64,
+    mapped_bytes: AtomicU64,
+    map_failures: AtomicU64,
+    syncs: AtomicU64,
+    shared_allocs: AtomicU64,
+    shared_frees: AtomicU64,
+    shared_bytes: AtomicU64,
+    shared_failures: AtomicU64,
+}
+
+impl Direct {
+    pub const fn new() -> Self {
+        Direct {
+            maps: AtomicU64::new(0),
+            unmaps: AtomicU64::new(0),
+            mapped_bytes: AtomicU64::new(0),
+            map_failures: AtomicU64::new(0),
+            syncs: AtomicU64::new(0),
+            shared_allocs: AtomicU64::new(0),
+            shared_frees: AtomicU64::new(0),
+            shared_bytes: AtomicU64::new(0),
+            shared_failures: AtomicU64::new(0),
+        }
+    }
+
+    /// The device address of a CPU pointer on this identity-mapped guest. The provenance is
+    /// exposed because the device (or a fake one in tests) turns the address back into memory.
+    fn device_addr_of(ptr: *const u8) -> DeviceAddr {
+        DeviceAddr::new(ptr.expose_provenance() as u64)
+    }
+
+    fn try_alloc_shared(
+        size: usize,
+        align: usize,
+        constraints: &DmaConstraints,
+    ) -> Result<SharedRegion, DmaError> {
+        constraints.validate()?;
+        if size == 0 {
+            return Err(DmaError::InvalidRequest("zero length"));
+        }
+        if !align.is_power_of_two() {
+            return Err(DmaError::InvalidRequest("alignment is not a power of two"));
+        }
+        // The heap cannot be asked for an address range, so the constraint alignment is folded
+        // into the layout and the rest is checked afterwards.
+        let align = align.max(usize::try_from(constraints.align).unwrap_or(usize::MAX));
+        let layout = Layout::from_size_align(size, align).map_err(|_| DmaError::TooLarge {
+            requested: size,
+            limit: isize::MAX as usize,
+        })?;
+        // SAFETY: the layout has a non-zero size (checked above).
+        let ptr = unsafe { alloc::alloc::alloc_zeroed(layout) };
+        let Some(cpu) = NonNull::new(ptr) else {
+            return Err(DmaError::OutOfMemory { size });
+        };
+        let device_addr = Self::device_addr_of(cpu.as_ptr());
+        if let Err(e) = constraints.check(device_addr, size) {
+            // SAFETY: allocated just above with this layout, never handed out.
+            unsafe { alloc::alloc::dealloc(cpu.as_ptr(), layout) };
+            return Err(e);
+        }
+        // SAFETY: fresh heap memory of `size` bytes aligned to `align`, owned by the region until
+        // `free_shared`; the device reaches it at its physical (= virtual) address.
+        Ok(unsafe { SharedRegion::new(cpu, device_addr, size, align, 0) })
+    }
+}
+
+impl Dma for Direct {
+    fn name(&self) -> &'static str {
+        "direct"
+    }
+
+    fn alloc_shared(
+        &self,
+        size: usize,
+        align: usize,
+        constraints: &DmaConstraints,
+    ) -> Result<SharedRegion, DmaError> {
+        match Self::try_alloc_shared(size, align, constraints) {
+            Ok(region) => {
+                self.shared_allocs.fetch_add(1, Ordering::Relaxed);
+                self.shared_bytes.fetch_add(size as u64, Ordering::Relaxed);
+                Ok(region)
+            }
+            Err(e) => {
+                self.shared_failures.fetch_add(1, Ordering::Relaxed);
+                Err(e)
+            }
+        }
+    }
+
+    unsafe fn free_shared(&self, region: SharedRegion) -> Result<(), DmaError> {
+        let layout = Layout::from_size_align(region.len(), region.align())
+            .map_err(|_| DmaError::UnknownHandle)?;
+        // SAFETY: the region came from `alloc_shared` with exactly this layout (caller contract)
+        // and the device no longer uses it.
+        unsafe { alloc::alloc::dealloc(region.cpu_ptr().as_ptr(), layout) };
+        self.shared_frees.fetch_add(1, Ordering::Relaxed);
+        self.shared_bytes
+            .fetch_sub(region.len() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    unsafe fn map(
+        &self,
+        buffer: NonNull<[u8]>,
+        direction: Direction,
+        constraints: &DmaConstraints,
+    ) -> Result<Mapping, DmaError> {
+        let cpu = buffer.cast::<u8>();
+        let len = buffer.len();
+        let device_addr = Self::device_addr_of(cpu.as_ptr());
+        if let Err(e) = constraints.check(device_addr, len) {
+            self.map_failures.fetch_add(1, Ordering::Relaxed);
+            return Err(e);
+        }
+        self.maps.fetch_add(1, Ordering::Relaxed);
+        self.mapped_bytes.fetch_add(len as u64, Ordering::Relaxed);
+        // SAFETY: the buffer and its contract are the caller's; the device reaches it at its
+        // physical address.
+        Ok(unsafe { Mapping::new(device_addr, cpu, len, direction, 0) })
+    }
+
+    unsafe fn unmap(&self, _mapping: Mapping) -> Result<(), DmaError> {
+        self.unmaps.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    unsafe fn sync_for_cpu(
+        &self,
+        mapping: &Mapping,
+        offset: usize,
+        len: usize,
+    ) -> Result<(), DmaError> {
+        check_sync_range(mapping, offset, len)?;
+        self.syncs.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    unsafe fn sync_for_device(
+        &self,
+        mapping: &Mapping,
+        offset: usize,
+        len: usize,
+    ) -> Result<(), DmaError> {
+        check_sync_range(mapping, offset, len)?;
+        self.syncs.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn stats(&self) -> DmaStats {
+        DmaStats {
+            maps: self.maps.load(Ordering::Relaxed),
+            unmaps: self.unmaps.load(Ordering::Relaxed),
+            mapped_bytes: self.mapped_bytes.load(Ordering::Relaxed),
+            map_failures: self.map_failures.load(Ordering::Relaxed),
+            bounced_to_device: 0,
+            bounced_from_device: 0,
+            syncs: self.syncs.load(Ordering::Relaxed),
+            shared_allocs: self.shared_allocs.load(Ordering::Relaxed),
+            shared_frees: self.shared_frees.load(Ordering::Relaxed),
+            shared_bytes: self.shared_bytes.load(Ordering::Relaxed),
+            shared_failures: self.shared_failures.load(Ordering::Relaxed),
+        }
+    }
+}
