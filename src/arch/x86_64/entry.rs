@@ -1,6 +1,6 @@
 //! PVH entry: QEMU (through SeaBIOS+pvh.bin, qboot, or directly) enters at `pvh_start32` in
 //! 32-bit protected mode with paging off and `ebx` pointing at the `hvm_start_info`.
-//! The code records the TSC, clears BSS, identity-maps the first 64 GiB with 2 MiB pages,
+//! The code records the TSC, clears BSS (not the page directories and stack, see below), identity-maps the first 64 GiB with 2 MiB pages,
 //! enters long mode and calls `x86_64_rust_entry(start_info, entry_tsc)`.
 
 core::arch::global_asm!(
@@ -122,6 +122,13 @@ boot_pml4:
     .skip 4096
 boot_pdpt:
     .skip 4096
+    .popsection
+
+    /* Not cleared at entry (the linker script puts it after __bss_end): every page-directory
+       entry is written by the loop above, and the stack is written before it is read. Zeroing
+       these 384 KiB would only cost boot time. */
+    .pushsection .noclear.boot, "aw", @nobits
+    .balign 4096
 boot_page_dirs:
     .skip 4096 * 64
 boot_stack:
