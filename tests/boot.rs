@@ -213,40 +213,54 @@ fn check_no_console(s: Setup) {
     }
 }
 
+/// What every machine and firmware must do: boot and report its configuration, with one CPU
+/// and two, end by itself without a console, and turn a CPU fault into a report.
+macro_rules! core_tests {
+    ($setup:expr) => {
+        #[test]
+        fn report_matches_machine() {
+            check_machine($setup, "512M", 1);
+        }
+        #[test]
+        fn smp_2() {
+            check_machine($setup, "512M", 2);
+        }
+        #[test]
+        fn no_console_still_ends() {
+            check_no_console($setup);
+        }
+        #[test]
+        fn debug_fault() {
+            check_fault($setup);
+        }
+    };
+}
+
+/// Paths that do not depend on the firmware: run where boots are cheap (not SLOF).
+macro_rules! option_and_panic_tests {
+    ($setup:expr) => {
+        #[test]
+        fn malformed_option_fails() {
+            check_malformed($setup);
+        }
+        #[test]
+        fn debug_panic() {
+            check_panic($setup);
+        }
+        #[test]
+        fn noop_powers_off() {
+            check_noop($setup);
+        }
+    };
+}
+
 mod pseries_vof {
     use super::*;
-    const S: Setup = PSERIES_VOF;
-    #[test]
-    fn no_console_still_ends() {
-        check_no_console(S);
-    }
-    #[test]
-    fn report_matches_machine() {
-        check_machine(S, "512M", 1);
-    }
-    #[test]
-    fn smp_2() {
-        check_machine(S, "512M", 2);
-    }
+    core_tests!(PSERIES_VOF);
+    option_and_panic_tests!(PSERIES_VOF);
     #[test]
     fn memory_4g() {
-        check_machine(S, "4G", 1);
-    }
-    #[test]
-    fn malformed_option_fails() {
-        check_malformed(S);
-    }
-    #[test]
-    fn debug_panic() {
-        check_panic(S);
-    }
-    #[test]
-    fn debug_fault() {
-        check_fault(S);
-    }
-    #[test]
-    fn noop_powers_off() {
-        check_noop(S);
+        check_machine(PSERIES_VOF, "4G", 1);
     }
 }
 
@@ -254,125 +268,28 @@ mod pseries_vof {
 /// builds, CPUs it starts, the vectors it leaves behind).
 mod pseries_slof {
     use super::*;
-    const S: Setup = PSERIES_SLOF;
-    #[test]
-    fn no_console_still_ends() {
-        check_no_console(S);
-    }
-    #[test]
-    fn report_matches_machine() {
-        check_machine(S, "512M", 1);
-    }
-    #[test]
-    fn smp_2() {
-        check_machine(S, "512M", 2);
-    }
-    #[test]
-    fn debug_fault() {
-        check_fault(S);
-    }
+    core_tests!(PSERIES_SLOF);
 }
 
 mod microvm {
     use super::*;
-    const S: Setup = MICROVM;
-    #[test]
-    fn no_console_still_ends() {
-        check_no_console(S);
-    }
-    #[test]
-    fn report_matches_machine() {
-        check_machine(S, "512M", 1);
-    }
-    #[test]
-    fn smp_2() {
-        check_machine(S, "512M", 2);
-    }
-    #[test]
-    fn malformed_option_fails() {
-        check_malformed(S);
-    }
-    #[test]
-    fn debug_panic() {
-        check_panic(S);
-    }
-    #[test]
-    fn debug_fault() {
-        check_fault(S);
-    }
-    #[test]
-    fn noop_powers_off() {
-        check_noop(S);
-    }
+    core_tests!(MICROVM);
+    option_and_panic_tests!(MICROVM);
 }
 
 mod q35 {
     use super::*;
-    const S: Setup = Q35;
-    #[test]
-    fn no_console_still_ends() {
-        check_no_console(S);
-    }
-    #[test]
-    fn report_matches_machine() {
-        check_machine(S, "512M", 1);
-    }
-    #[test]
-    fn smp_2() {
-        check_machine(S, "512M", 2);
-    }
+    core_tests!(Q35);
+    option_and_panic_tests!(Q35);
     /// RAM above 4 GiB: q35 keeps 2 GiB below the PCI hole and maps the rest from 4 GiB up.
     #[test]
     fn memory_5g() {
-        check_machine(S, "5G", 1);
-    }
-    #[test]
-    fn malformed_option_fails() {
-        check_malformed(S);
-    }
-    #[test]
-    fn debug_panic() {
-        check_panic(S);
-    }
-    #[test]
-    fn debug_fault() {
-        check_fault(S);
-    }
-    #[test]
-    fn noop_powers_off() {
-        check_noop(S);
+        check_machine(Q35, "5G", 1);
     }
 }
 
 mod pc {
     use super::*;
-    const S: Setup = PC;
-    #[test]
-    fn no_console_still_ends() {
-        check_no_console(S);
-    }
-    #[test]
-    fn report_matches_machine() {
-        check_machine(S, "512M", 1);
-    }
-    #[test]
-    fn smp_2() {
-        check_machine(S, "512M", 2);
-    }
-    #[test]
-    fn malformed_option_fails() {
-        check_malformed(S);
-    }
-    #[test]
-    fn debug_panic() {
-        check_panic(S);
-    }
-    #[test]
-    fn debug_fault() {
-        check_fault(S);
-    }
-    #[test]
-    fn noop_powers_off() {
-        check_noop(S);
-    }
+    core_tests!(PC);
+    option_and_panic_tests!(PC);
 }
