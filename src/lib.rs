@@ -15,5 +15,6 @@ pub mod devtree;
 pub mod dma;
 pub mod memmap;
 pub mod pattern;
+pub mod platform;
 pub mod report;
 pub mod virtio;

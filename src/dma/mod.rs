@@ -7,7 +7,7 @@
 //! | implementation | `alloc_shared` | `map` returns | `unmap` |
 //! |---|---|---|---|
 //! | [`Direct`] (this issue) | heap memory | the physical address of the buffer | counts |
-//! | bounce (swiotlb, later) | a slot in the shared pool | the address of a slot holding a copy (`ToDevice`) | copies back (`FromDevice`), zeroes the slot |
+//! | bounce (swiotlb: [`bounce::Bounce`] over [`pool::SlotPool`]) | a slot in the shared pool | the address of a slot holding a copy (`ToDevice`) | copies back (`FromDevice`), zeroes the slot |
 //! | IOMMU (TCE, virtio-iommu, VT-d, later) | memory + an IOVA mapping | an IOVA for the buffer's pages | removes the IOVA mapping |
 //! | IOMMU + bounce (later) | pool slot + IOVA | an IOVA of a pool slot | both |
 //!
@@ -41,7 +41,9 @@
 //! [`DeviceAddr`] is a newtype so that a CPU pointer can never be passed where a device address
 //! is meant: only a [`Dma`] implementation creates one from a CPU address.
 
+pub mod bounce;
 mod direct;
+pub mod pool;
 
 pub use direct::Direct;
 

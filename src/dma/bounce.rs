@@ -1,0 +1,583 @@
+//! `Bounce`: the swiotlb path. Devices only ever see slots of one shared pool; data is copied
+//! between the private buffers and the slots.
+//!
+//! At boot, [`Bounce::new`] takes a free physical range, aligns it inward to the platform's
+//! granularity, shares it with one [`Platform::share`] call, zeroes it, and builds a
+//! [`SlotPool`] over its *device* addresses ([`Platform::device_addr`], which may differ from
+//! the guest-physical ones). Then:
+//!
+//! | call | does |
+//! |---|---|
+//! | `alloc_shared` | slots for a ring / header, zeroed (the device may have scribbled on free slots) |
+//! | `map(ToDevice / Bidirectional)` | slots, the buffer copied in; the device gets the slot's device address |
+//! | `map(FromDevice)` | slots, nothing copied: the private buffer's old contents never reach the host |
+//! | `sync_for_cpu` | copies the range back (FromDevice, Bidirectional) |
+//! | `sync_for_device` | copies the range in (ToDevice, Bidirectional) |
+//! | `unmap` | copies back the whole mapping (FromDevice, Bidirectional), then **zeroes** the slots and frees them |
+//! | `free_shared` | zeroes and frees |
+//!
+//! `unmap` copies back the whole mapping length, because the bounce path cannot know how much the
+//! device wrote; bytes the device did not write come back as what the slot held: zeros (slots are
+//! zeroed on release) or device data, never another buffer's contents. Linux instead copies the
+//! buffer into the slot for `FromDevice` too, so that unwritten bytes survive; that shows the
+//! buffer's old contents to the host, which a secure guest must not do. A driver that wants only
+//! the written bytes calls `sync_for_cpu(0, written_len)` and then unmaps.
+//!
+//! Zeroing on release is what keeps private data out of shared memory once a request is done.
+//! [`Bounce::set_debug_skip_zeroing`] turns it off (test only, `sg.debug.leak=1`): a host dump of
+//! the pool must then find the guest's secret marks ([`crate::platform::secret`]).
+//!
+//! All copies to and from slots are volatile: the device may write a slot at any time, and the
+//! zeroing must not be optimised away because nothing reads the slot afterwards.
+
+use core::ptr::NonNull;
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use super::pool::{PoolConfig, PoolStats, SlotPool};
+use super::{
+    DeviceAddr, Direction, Dma, DmaConstraints, DmaError, DmaStats, Mapping, SharedRegion,
+    check_sync_range,
+};
+use crate::memmap::MemoryMap;
+use crate::platform::{Platform, PlatformError};
+
+/// Why the pool could not be set up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BounceError {
+    /// Nothing is left of the range after aligning it to the granularity.
+    TooSmall {
+        phys: u64,
+        size: u64,
+        granularity: u64,
+    },
+    /// The platform's device addresses are not linear over the range.
+    NonLinearAlias { phys: u64, size: u64 },
+    /// The platform refused to share the range (recorded in its log).
+    Share(PlatformError),
+    /// The pool itself (size over 4 GiB, bad slot configuration).
+    Pool(DmaError),
+    /// `release` while mappings or regions are still live.
+    Busy { in_use_slots: u64 },
+}
+
+impl core::fmt::Display for BounceError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match *self {
+            BounceError::TooSmall {
+                phys,
+                size,
+                granularity,
+            } => write!(
+                f,
+                "{size:#x} bytes at {phys:#x} hold no {granularity:#x}-aligned shared range"
+            ),
+            BounceError::NonLinearAlias { phys, size } => write!(
+                f,
+                "device addresses of {size:#x} bytes at {phys:#x} are not contiguous"
+            ),
+            BounceError::Share(e) => write!(f, "share failed: {e}"),
+            BounceError::Pool(e) => write!(f, "pool: {e}"),
+            BounceError::Busy { in_use_slots } => {
+                write!(f, "{in_use_slots} slots still in use")
+            }
+        }
+    }
+}
+
+/// Where the pool is, for the report and for a host-side memory dump.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PoolRegion {
+    /// Guest-physical base (granularity-aligned).
+    pub phys: u64,
+    /// Its device address.
+    pub device: u64,
+    /// Bytes shared (the pool uses whole slots of it).
+    pub size: u64,
+}
+
+/// Everything the report shows about the bounce path.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BounceStats {
+    pub dma: DmaStats,
+    pub pool: PoolStats,
+    /// Bytes zeroed on release.
+    pub zeroed_bytes: u64,
+    /// Releases that skipped zeroing (`sg.debug.leak`).
+    pub unzeroed_releases: u64,
+    pub debug_skip_zeroing: bool,
+}
+
+/// The bounce path over one shared pool.
+pub struct Bounce<'p> {
+    platform: &'p dyn Platform,
+    region: PoolRegion,
+    /// CPU pointer of `region.phys` (identity-mapped).
+    cpu: NonNull<u8>,
+    pool: spin::Mutex<SlotPool>,
+    skip_zeroing: AtomicBool,
+    maps: AtomicU64,
+    unmaps: AtomicU64,
+    mapped_bytes: AtomicU64,
+    map_failures: AtomicU64,
+    bounced_to_device: AtomicU64,
+    bounced_from_device: AtomicU64,
+    syncs: AtomicU64,
+    shared_allocs: AtomicU64,
+    shared_frees: AtomicU64,
+    shared_bytes: AtomicU64,
+    shared_failures: AtomicU64,
+    zeroed_bytes: AtomicU64,
+    unzeroed_releases: AtomicU64,
+}
+
+// SAFETY: `cpu` points to the shared range this `Bounce` owns for good (constructor contract).
+// The allocator state is behind a mutex; the bytes of an allocation are touched only through the
+// mapping or region that owns it (whose caller has exclusive use of it, per the `Dma` contracts),
+// and free slots only by the constructor and by `release`, which take `self` exclusively.
+unsafe impl Send for Bounce<'_> {}
+// SAFETY: as above; every `&self` method either locks the pool or works on slots its caller owns.
+unsafe impl Sync for Bounce<'_> {}
+
+impl core::fmt::Debug for Bounce<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Bounce")
+            .field("platform", &self.platform.name())
+            .field("region", &self.region)
+            .field("pool", &*self.pool.lock())
+            .finish()
+    }
+}
+
+/// Volatile copy from private memory into a slot: bytes until the slot side is 8-aligned, then
+/// 8 bytes at a time, then the tail.
+///
+/// # Safety
+/// `dst` is valid for `len` bytes of writes, `src` for `len` bytes of reads, not overlapping.
+unsafe fn copy_to_shared(dst: *mut u8, src: *const u8, len: usize) {
+    let mut i = 0;
+    while i < len {
+        if len - i >= 8 && (dst as usize + i).is_multiple_of(8) {
+            // SAFETY: `i + 8 <= len`, inside both ranges; the store is aligned.
+            unsafe {
+                let v = src.add(i).cast::<u64>().read_unaligned();
+                dst.add(i).cast::<u64>().write_volatile(v);
+            }
+            i += 8;
+        } else {
+            // SAFETY: `i < len`, inside both ranges.
+            unsafe { dst.add(i).write_volatile(src.add(i).read()) };
+            i += 1;
+        }
+    }
+}
+
+/// Volatile copy from a slot into private memory, as [`copy_to_shared`] the other way.
+///
+/// # Safety
+/// As for [`copy_to_shared`].
+unsafe fn copy_from_shared(dst: *mut u8, src: *const u8, len: usize) {
+    let mut i = 0;
+    while i < len {
+        if len - i >= 8 && (src as usize + i).is_multiple_of(8) {
+            // SAFETY: `i + 8 <= len`, inside both ranges; the load is aligned.
+            unsafe {
+                let v = src.add(i).cast::<u64>().read_volatile();
+                dst.add(i).cast::<u64>().write_unaligned(v);
+            }
+            i += 8;
+        } else {
+            // SAFETY: `i < len`, inside both ranges.
+            unsafe { dst.add(i).write(src.add(i).read_volatile()) };
+            i += 1;
+        }
+    }
+}
+
+/// Volatile zeroing (never elided).
+///
+/// # Safety
+/// `dst` is valid for `len` bytes of writes.
+unsafe fn zero_shared(dst: *mut u8, len: usize) {
+    let mut i = 0;
+    while i < len {
+        if len - i >= 8 && (dst as usize + i).is_multiple_of(8) {
+            // SAFETY: `i + 8 <= len`, inside the range; the store is aligned.
+            unsafe { dst.add(i).cast::<u64>().write_volatile(0) };
+            i += 8;
+        } else {
+            // SAFETY: `i < len`, inside the range.
+            unsafe { dst.add(i).write_volatile(0) };
+            i += 1;
+        }
+    }
+}
+
+impl<'p> Bounce<'p> {
+    /// Sets up the pool in `[phys, phys + size)`, aligned inward to the platform's granularity:
+    /// one `share` call for the whole range, then zeroing.
+    ///
+    /// # Safety
+    /// The range is RAM that nothing else uses, now or later (the pool owns it for good, and it
+    /// becomes host-visible); it is identity-mapped (the CPU reaches physical address `p` at
+    /// pointer value `p`); no Rust reference points into it.
+    pub unsafe fn new(
+        platform: &'p dyn Platform,
+        phys: u64,
+        size: u64,
+        config: PoolConfig,
+    ) -> Result<Self, BounceError> {
+        let g = platform.granularity();
+        let too_small = BounceError::TooSmall {
+            phys,
+            size,
+            granularity: g,
+        };
+        let base = phys.checked_next_multiple_of(g).ok_or(too_small)?;
+        let end = phys.checked_add(size).ok_or(too_small)? & !(g - 1);
+        if end <= base {
+            return Err(too_small);
+        }
+        let len = end - base;
+        let device = platform.device_addr(base);
+        if platform.device_addr(end - 1).checked_sub(device) != Some(len - 1) {
+            return Err(BounceError::NonLinearAlias {
+                phys: base,
+                size: len,
+            });
+        }
+        let pool = SlotPool::new(device, len, config).map_err(BounceError::Pool)?;
+        let cpu = NonNull::new(core::ptr::with_exposed_provenance_mut::<u8>(base as usize)).ok_or(
+            BounceError::Pool(DmaError::InvalidRequest("pool at address 0")),
+        )?;
+        // SAFETY: the caller gives us the range; it is aligned to the granularity.
+        unsafe { platform.share(base, len) }.map_err(BounceError::Share)?;
+        // SAFETY: the range is ours and mapped; from now on the host may read it, so it starts
+        // out as zeros (a platform may leave whatever the memory held, or new pages).
+        unsafe { zero_shared(cpu.as_ptr(), len as usize) };
+        Ok(Bounce {
+            platform,
+            region: PoolRegion {
+                phys: base,
+                device,
+                size: len,
+            },
+            cpu,
+            pool: spin::Mutex::new(pool),
+            skip_zeroing: AtomicBool::new(false),
+            maps: AtomicU64::new(0),
+            unmaps: AtomicU64::new(0),
+            mapped_bytes: AtomicU64::new(0),
+            map_failures: AtomicU64::new(0),
+            bounced_to_device: AtomicU64::new(0),
+            bounced_from_device: AtomicU64::new(0),
+            syncs: AtomicU64::new(0),
+            shared_allocs: AtomicU64::new(0),
+            shared_frees: AtomicU64::new(0),
+            shared_bytes: AtomicU64::new(0),
+            shared_failures: AtomicU64::new(0),
+            zeroed_bytes: AtomicU64::new(0),
+            unzeroed_releases: AtomicU64::new(0),
+        })
+    }
+
+    /// Makes the range private again (one `unshare` call) after zeroing it. Only when nothing is
+    /// allocated.
+    ///
+    /// # Safety
+    /// No device uses the pool any more (every device that was given its addresses was reset).
+    pub unsafe fn release(self) -> Result<(), BounceError> {
+        let in_use = self.pool.lock().stats().in_use_slots;
+        if in_use != 0 {
+            return Err(BounceError::Busy {
+                in_use_slots: in_use,
+            });
+        }
+        let r = self.region;
+        // SAFETY: the range is ours, nothing is allocated in it and no device uses it.
+        unsafe {
+            zero_shared(self.cpu.as_ptr(), r.size as usize);
+            self.platform.unshare(r.phys, r.size)
+        }
+        .map_err(BounceError::Share)
+    }
+
+    pub fn region(&self) -> PoolRegion {
+        self.region
+    }
+
+    pub fn platform(&self) -> &'p dyn Platform {
+        self.platform
+    }
+
+    /// The largest streaming mapping (drivers split larger transfers).
+    pub fn max_mapping_size(&self) -> usize {
+        self.pool.lock().max_map_bytes()
+    }
+
+    /// Test only (`sg.debug.leak=1`): leave released slots as they are, so that private data
+    /// stays in shared memory. The host memory-dump oracle must catch it.
+    pub fn set_debug_skip_zeroing(&self, skip: bool) {
+        self.skip_zeroing.store(skip, Ordering::Relaxed);
+    }
+
+    pub fn debug_skip_zeroing(&self) -> bool {
+        self.skip_zeroing.load(Ordering::Relaxed)
+    }
+
+    pub fn pool_stats(&self) -> PoolStats {
+        self.pool.lock().stats()
+    }
+
+    pub fn bounce_stats(&self) -> BounceStats {
+        BounceStats {
+            dma: self.stats(),
+            pool: self.pool_stats(),
+            zeroed_bytes: self.zeroed_bytes.load(Ordering::Relaxed),
+            unzeroed_releases: self.unzeroed_releases.load(Ordering::Relaxed),
+            debug_skip_zeroing: self.debug_skip_zeroing(),
+        }
+    }
+
+    /// The CPU pointer of device address `addr` inside the pool.
+    fn cpu_at(&self, addr: u64) -> *mut u8 {
+        let off = addr - self.region.device;
+        debug_assert!(off < self.region.size);
+        // SAFETY: `off` is below the region's size (addresses come from the pool).
+        unsafe { self.cpu.as_ptr().add(off as usize) }
+    }
+
+    /// Zeroes (unless skipped) and frees an allocation the caller owns.
+    fn release_slots(&self, addr: u64, len: usize) -> Result<(), DmaError> {
+        let a = self.pool.lock().lookup(addr, len)?;
+        let bytes = a.slots * self.pool.lock().slot_size() as usize;
+        if self.debug_skip_zeroing() {
+            self.unzeroed_releases.fetch_add(1, Ordering::Relaxed);
+        } else {
+            // SAFETY: the slots are a live allocation of the caller's, inside the pool.
+            unsafe { zero_shared(self.cpu_at(addr), bytes) };
+            self.zeroed_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+        }
+        self.pool.lock().free(addr, len).map(|_| ())
+    }
+
+    fn try_map(
+        &self,
+        buffer: NonNull<[u8]>,
+        direction: Direction,
+        constraints: &DmaConstraints,
+    ) -> Result<Mapping, DmaError> {
+        let len = buffer.len();
+        let a = self.pool.lock().alloc_map(len, constraints)?;
+        let slot = self.cpu_at(a.addr);
+        let cpu = buffer.cast::<u8>();
+        if direction.device_reads() {
+            // SAFETY: the buffer is readable for `len` bytes (map's contract); the slots are ours.
+            unsafe { copy_to_shared(slot, cpu.as_ptr(), len) };
+            self.bounced_to_device
+                .fetch_add(len as u64, Ordering::Relaxed);
+        }
+        // SAFETY: the buffer and its contract are the caller's; the device reaches the copy at
+        // the slot's device address.
+        Ok(unsafe { Mapping::new(DeviceAddr::new(a.addr), cpu, len, direction, a.slot) })
+    }
+
+    /// The live allocation of a mapping made here.
+    fn check_mapping(&self, mapping: &Mapping) -> Result<(), DmaError> {
+        let a = self
+            .pool
+            .lock()
+            .lookup(mapping.device_addr().as_u64(), mapping.len())?;
+        if a.slot != mapping.cookie() {
+            return Err(DmaError::UnknownHandle);
+        }
+        Ok(())
+    }
+}
+
+impl Dma for Bounce<'_> {
+    fn name(&self) -> &'static str {
+        "bounce"
+    }
+
+    fn alloc_shared(
+        &self,
+        size: usize,
+        align: usize,
+        constraints: &DmaConstraints,
+    ) -> Result<SharedRegion, DmaError> {
+        let r = (|| {
+            let align = u64::try_from(align).map_err(|_| DmaError::InvalidRequest("alignment"))?;
+            let (a, slot_size) = {
+                let mut pool = self.pool.lock();
+                (
+                    pool.alloc_region(size, align, constraints)?,
+                    pool.slot_size(),
+                )
+            };
+            let cpu = self.cpu_at(a.addr);
+            // SAFETY: fresh slots of ours; a device may have written free slots, so zero them.
+            unsafe { zero_shared(cpu, a.slots * slot_size as usize) };
+            let region_align = align.max(constraints.align) as usize;
+            // SAFETY: the slots stay ours until `free_shared`; volatile access only (SharedRegion);
+            // the device reaches them at `a.addr`.
+            Ok(unsafe {
+                SharedRegion::new(
+                    NonNull::new(cpu).ok_or(DmaError::UnknownHandle)?,
+                    DeviceAddr::new(a.addr),
+                    size,
+                    region_align,
+                    a.slot,
+                )
+            })
+        })();
+        match &r {
+            Ok(_) => {
+                self.shared_allocs.fetch_add(1, Ordering::Relaxed);
+                self.shared_bytes.fetch_add(size as u64, Ordering::Relaxed);
+            }
+            Err(_) => {
+                self.shared_failures.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        r
+    }
+
+    unsafe fn free_shared(&self, region: SharedRegion) -> Result<(), DmaError> {
+        let addr = region.device_addr().as_u64();
+        let a = self.pool.lock().lookup(addr, region.len())?;
+        if a.slot != region.cookie() || region.cpu_ptr().as_ptr() != self.cpu_at(addr) {
+            return Err(DmaError::UnknownHandle);
+        }
+        self.release_slots(addr, region.len())?;
+        self.shared_frees.fetch_add(1, Ordering::Relaxed);
+        self.shared_bytes
+            .fetch_sub(region.len() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    unsafe fn map(
+        &self,
+        buffer: NonNull<[u8]>,
+        direction: Direction,
+        constraints: &DmaConstraints,
+    ) -> Result<Mapping, DmaError> {
+        match self.try_map(buffer, direction, constraints) {
+            Ok(m) => {
+                self.maps.fetch_add(1, Ordering::Relaxed);
+                self.mapped_bytes
+                    .fetch_add(m.len() as u64, Ordering::Relaxed);
+                Ok(m)
+            }
+            Err(e) => {
+                self.map_failures.fetch_add(1, Ordering::Relaxed);
+                Err(e)
+            }
+        }
+    }
+
+    unsafe fn unmap(&self, mapping: Mapping) -> Result<(), DmaError> {
+        self.check_mapping(&mapping)?;
+        let addr = mapping.device_addr().as_u64();
+        let len = mapping.len();
+        if mapping.direction().device_writes() {
+            // SAFETY: the buffer is writable for `len` bytes until unmap returns (map's
+            // contract); the slots are this mapping's.
+            unsafe { copy_from_shared(mapping.cpu_ptr().as_ptr(), self.cpu_at(addr), len) };
+            self.bounced_from_device
+                .fetch_add(len as u64, Ordering::Relaxed);
+        }
+        self.release_slots(addr, len)?;
+        self.unmaps.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    unsafe fn sync_for_cpu(
+        &self,
+        mapping: &Mapping,
+        offset: usize,
+        len: usize,
+    ) -> Result<(), DmaError> {
+        check_sync_range(mapping, offset, len)?;
+        self.check_mapping(mapping)?;
+        if mapping.direction().device_writes() {
+            let slot = self.cpu_at(mapping.device_addr().as_u64());
+            // SAFETY: in range (checked); the buffer range is the CPU's again (sync contract).
+            unsafe {
+                copy_from_shared(
+                    mapping.cpu_ptr().as_ptr().add(offset),
+                    slot.add(offset),
+                    len,
+                )
+            };
+            self.bounced_from_device
+                .fetch_add(len as u64, Ordering::Relaxed);
+        }
+        self.syncs.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    unsafe fn sync_for_device(
+        &self,
+        mapping: &Mapping,
+        offset: usize,
+        len: usize,
+    ) -> Result<(), DmaError> {
+        check_sync_range(mapping, offset, len)?;
+        self.check_mapping(mapping)?;
+        if mapping.direction().device_reads() {
+            let slot = self.cpu_at(mapping.device_addr().as_u64());
+            // SAFETY: in range (checked); the CPU hands the range back (sync contract).
+            unsafe {
+                copy_to_shared(
+                    slot.add(offset),
+                    mapping.cpu_ptr().as_ptr().add(offset),
+                    len,
+                )
+            };
+            self.bounced_to_device
+                .fetch_add(len as u64, Ordering::Relaxed);
+        }
+        self.syncs.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn stats(&self) -> DmaStats {
+        DmaStats {
+            maps: self.maps.load(Ordering::Relaxed),
+            unmaps: self.unmaps.load(Ordering::Relaxed),
+            mapped_bytes: self.mapped_bytes.load(Ordering::Relaxed),
+            map_failures: self.map_failures.load(Ordering::Relaxed),
+            bounced_to_device: self.bounced_to_device.load(Ordering::Relaxed),
+            bounced_from_device: self.bounced_from_device.load(Ordering::Relaxed),
+            syncs: self.syncs.load(Ordering::Relaxed),
+            shared_allocs: self.shared_allocs.load(Ordering::Relaxed),
+            shared_frees: self.shared_frees.load(Ordering::Relaxed),
+            shared_bytes: self.shared_bytes.load(Ordering::Relaxed),
+            shared_failures: self.shared_failures.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Where to put a pool of `size` bytes: the highest `granularity`-aligned base such that the
+/// whole pool is free RAM in `map` and ends at or below `limit` (4 GiB keeps it reachable by
+/// 32-bit DMA engines and legacy queue PFNs). Mark the heap and everything else in use as
+/// reserved in `map` first.
+pub fn place(map: &MemoryMap, size: u64, granularity: u64, limit: u64) -> Option<u64> {
+    if size == 0 || !granularity.is_power_of_two() {
+        return None;
+    }
+    let mut best: Option<u64> = None;
+    map.for_each_free(granularity, size, |start, stop| {
+        let end = stop.min(limit);
+        if let Some(base) = end.checked_sub(size).map(|b| b & !(granularity - 1))
+            && base >= start
+            && best.is_none_or(|b| base > b)
+        {
+            best = Some(base);
+        }
+    });
+    best
+}
+
+#[cfg(test)]
+mod tests;
