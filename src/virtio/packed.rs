@@ -313,11 +313,14 @@ impl<'d> PackedQueue<'d> {
             Ok(id) => id,
             Err(e) => return Err(self.break_with(e)),
         };
-        // The length is meaningful only when the device says it wrote something.
-        let written = if flags & DESC_F_WRITE != 0 { len } else { 0 };
+        // The spec makes the length valid only with VIRTQ_DESC_F_WRITE in the used descriptor,
+        // but QEMU (10.0) never sets that flag there and Linux reads the length regardless. So
+        // the length counts whenever the request had device-writable buffers (and is checked
+        // against their capacity below); for a read-only request it is reserved and ignored.
         let capacity = self.in_flight[usize::from(id)]
             .as_ref()
             .map_or(0, |f| f.capacity);
+        let written = if capacity > 0 || flags & DESC_F_WRITE != 0 { len } else { 0 };
         if u64::from(written) > capacity {
             return Err(self.break_with(RingError::WrittenTooLong {
                 id,
