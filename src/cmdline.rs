@@ -11,14 +11,149 @@ use alloc::vec::Vec;
 /// Every option the guest understands. `name`, the value syntax and what it does; the README
 /// table is generated from the same words by hand, keep them in step.
 pub const OPTIONS: &[(&str, &str, &str)] = &[
-    ("sg.debug.panic", "0|1", "test only: panic after the devtree record, to exercise the panic path"),
-    ("sg.debug.fault", "0|1", "test only: take an unexpected interrupt, to exercise the exception vectors"),
+    (
+        "sg.debug.panic",
+        "0|1",
+        "test only: panic after the devtree record, to exercise the panic path",
+    ),
+    (
+        "sg.debug.fault",
+        "0|1",
+        "test only: take an unexpected interrupt, to exercise the exception vectors",
+    ),
+    (
+        "sg.blk.read",
+        "SIZE|all",
+        "bytes to read from the start of each blk device and checksum; all (default): the whole disk, at most 64 MiB",
+    ),
+    (
+        "sg.blk.write",
+        "OFFSET:LEN:SEED",
+        "write the pattern of SEED to LEN bytes at OFFSET (multiples of 512) of the disk sg.blk.disk names, then flush",
+    ),
+    (
+        "sg.blk.disk",
+        "N",
+        "the blk device (N-th in report order, default 0) that sg.blk.write writes to",
+    ),
+    (
+        "sg.blk.req",
+        "SIZE",
+        "data bytes per blk request (multiple of 512, at most 4 MiB; default 64K)",
+    ),
+    (
+        "sg.blk.qd",
+        "N",
+        "blk requests in flight (default: the queue size)",
+    ),
+    (
+        "sg.net.frames",
+        "N",
+        "echo frames to send on each net device (default 8)",
+    ),
+    (
+        "sg.console.read",
+        "N",
+        "bytes to read at most from console port 0 (default 64)",
+    ),
+    (
+        "sg.rng.bytes",
+        "N",
+        "entropy bytes to read from each rng device (default 64)",
+    ),
+    (
+        "sg.virtio.packed",
+        "on|off",
+        "accept VIRTIO_F_RING_PACKED when offered (default on)",
+    ),
+    (
+        "sg.virtio.indirect",
+        "on|off",
+        "accept VIRTIO_F_INDIRECT_DESC when offered (default on)",
+    ),
+    (
+        "sg.virtio.event_idx",
+        "on|off",
+        "accept VIRTIO_F_EVENT_IDX when offered (default on)",
+    ),
+    (
+        "sg.virtio.timeout_ms",
+        "N",
+        "how long a device may take for one request before it is failed (default 5000)",
+    ),
 ];
 
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// The default and the cap of `sg.blk.read=all`.
+pub const BLK_READ_ALL_MAX: u64 = 64 << 20;
+/// The largest `sg.blk.req`.
+pub const BLK_REQ_MAX: u64 = 4 << 20;
+
+/// How much of each disk to read (`sg.blk.read`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BlkRead {
+    /// The whole disk, at most [`BLK_READ_ALL_MAX`] bytes.
+    All,
+    /// The first this many bytes (at most the disk).
+    Bytes(u64),
+}
+
+impl BlkRead {
+    /// The number of bytes to read from a disk of `capacity` bytes.
+    pub fn bytes_of(self, capacity: u64) -> u64 {
+        match self {
+            BlkRead::All => capacity.min(BLK_READ_ALL_MAX),
+            BlkRead::Bytes(n) => capacity.min(n),
+        }
+    }
+}
+
+/// `sg.blk.write=OFFSET:LEN:SEED`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BlkWrite {
+    pub offset: u64,
+    pub len: u64,
+    pub seed: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Options {
     pub debug_panic: bool,
     pub debug_fault: bool,
+    pub blk_read: BlkRead,
+    pub blk_write: Option<BlkWrite>,
+    pub blk_disk: u32,
+    /// Data bytes per request: a multiple of 512, 512..=[`BLK_REQ_MAX`].
+    pub blk_req: u32,
+    /// Requests in flight; `None`: the queue size.
+    pub blk_qd: Option<u16>,
+    pub net_frames: u32,
+    pub console_read: u32,
+    pub rng_bytes: u32,
+    pub virtio_packed: bool,
+    pub virtio_indirect: bool,
+    pub virtio_event_idx: bool,
+    pub virtio_timeout_ms: u32,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            debug_panic: false,
+            debug_fault: false,
+            blk_read: BlkRead::All,
+            blk_write: None,
+            blk_disk: 0,
+            blk_req: 64 << 10,
+            blk_qd: None,
+            net_frames: 8,
+            console_read: 64,
+            rng_bytes: 64,
+            virtio_packed: true,
+            virtio_indirect: true,
+            virtio_event_idx: true,
+            virtio_timeout_ms: 5000,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -26,7 +161,11 @@ pub enum Diagnostic {
     /// `sg.something` that this guest does not know.
     Unknown { option: String },
     /// A known option whose value does not parse.
-    Malformed { option: String, value: String, expected: &'static str },
+    Malformed {
+        option: String,
+        value: String,
+        expected: &'static str,
+    },
     /// A token that is not valid UTF-8 or has an unterminated quote.
     BadToken { token: String, why: &'static str },
 }
@@ -87,12 +226,52 @@ pub fn parse_size(v: &str) -> Option<u64> {
         b't' | b'T' => (&v[..v.len() - 1], 40),
         _ => (v, 0),
     };
-    let n = if let Some(hex) = digits.strip_prefix("0x").or_else(|| digits.strip_prefix("0X")) {
+    let n = if let Some(hex) = digits
+        .strip_prefix("0x")
+        .or_else(|| digits.strip_prefix("0X"))
+    {
         u64::from_str_radix(hex, 16).ok()?
     } else {
         digits.parse::<u64>().ok()?
     };
     n.checked_mul(1u64 << shift)
+}
+
+/// Parses a plain number: decimal or `0x` hex, no unit.
+pub fn parse_number(v: &str) -> Option<u64> {
+    if let Some(hex) = v.strip_prefix("0x").or_else(|| v.strip_prefix("0X")) {
+        if hex.is_empty() || hex.starts_with('+') {
+            return None;
+        }
+        u64::from_str_radix(hex, 16).ok()
+    } else if v.starts_with('+') {
+        None
+    } else {
+        v.parse::<u64>().ok()
+    }
+}
+
+/// A number within `min..=max`.
+fn number_in(v: Option<&str>, min: u64, max: u64) -> Option<u64> {
+    parse_number(v?).filter(|n| (min..=max).contains(n))
+}
+
+fn parse_blk_read(v: &str) -> Option<BlkRead> {
+    if v == "all" {
+        return Some(BlkRead::All);
+    }
+    parse_size(v).map(BlkRead::Bytes)
+}
+
+fn parse_blk_write(v: &str) -> Option<BlkWrite> {
+    let mut parts = v.split(':');
+    let offset = parse_size(parts.next()?)?;
+    let len = parse_size(parts.next()?)?;
+    let seed = parse_number(parts.next()?)?;
+    let sector_multiple = |n: u64| n.is_multiple_of(512);
+    let fits = offset.checked_add(len).is_some();
+    (parts.next().is_none() && len > 0 && sector_multiple(offset) && sector_multiple(len) && fits)
+        .then_some(BlkWrite { offset, len, seed })
 }
 
 /// Parses the command line into options and diagnostics (in the order they appear).
@@ -111,7 +290,10 @@ pub fn parse(line: &[u8]) -> (Options, Vec<Diagnostic>) {
             continue;
         };
         if !closed {
-            diags.push(Diagnostic::BadToken { token: tok.into(), why: "unterminated quote" });
+            diags.push(Diagnostic::BadToken {
+                token: tok.into(),
+                why: "unterminated quote",
+            });
             continue;
         }
         let (name, value) = match tok.split_once('=') {
@@ -136,7 +318,62 @@ pub fn parse(line: &[u8]) -> (Options, Vec<Diagnostic>) {
                 Some(b) => opts.debug_fault = b,
                 None => malformed("0|1"),
             },
-            _ => diags.push(Diagnostic::Unknown { option: name.into() }),
+            "sg.blk.read" => match value.and_then(parse_blk_read) {
+                Some(r) => opts.blk_read = r,
+                None => malformed("SIZE|all (bytes, K/M/G)"),
+            },
+            "sg.blk.write" => match value.and_then(parse_blk_write) {
+                Some(w) => opts.blk_write = Some(w),
+                None => malformed(
+                    "OFFSET:LEN:SEED (OFFSET and LEN in bytes with K/M/G, multiples of 512, \
+                     LEN > 0; SEED decimal or 0x hex)",
+                ),
+            },
+            "sg.blk.disk" => match number_in(value, 0, u32::MAX.into()) {
+                Some(n) => opts.blk_disk = n as u32,
+                None => malformed("N (a number)"),
+            },
+            "sg.blk.req" => match value.and_then(parse_size) {
+                Some(n) if (512..=BLK_REQ_MAX).contains(&n) && n.is_multiple_of(512) => {
+                    opts.blk_req = n as u32
+                }
+                _ => malformed("SIZE (a multiple of 512, at most 4M)"),
+            },
+            "sg.blk.qd" => match number_in(value, 1, 32768) {
+                Some(n) => opts.blk_qd = Some(n as u16),
+                None => malformed("N (1..32768)"),
+            },
+            "sg.net.frames" => match number_in(value, 0, 65536) {
+                Some(n) => opts.net_frames = n as u32,
+                None => malformed("N (0..65536)"),
+            },
+            "sg.console.read" => match number_in(value, 0, 65536) {
+                Some(n) => opts.console_read = n as u32,
+                None => malformed("N (0..65536)"),
+            },
+            "sg.rng.bytes" => match number_in(value, 0, 16 << 20) {
+                Some(n) => opts.rng_bytes = n as u32,
+                None => malformed("N (0..16777216)"),
+            },
+            "sg.virtio.packed" => match boolean(value) {
+                Some(b) => opts.virtio_packed = b,
+                None => malformed("on|off"),
+            },
+            "sg.virtio.indirect" => match boolean(value) {
+                Some(b) => opts.virtio_indirect = b,
+                None => malformed("on|off"),
+            },
+            "sg.virtio.event_idx" => match boolean(value) {
+                Some(b) => opts.virtio_event_idx = b,
+                None => malformed("on|off"),
+            },
+            "sg.virtio.timeout_ms" => match number_in(value, 1, 3_600_000) {
+                Some(n) => opts.virtio_timeout_ms = n as u32,
+                None => malformed("N (milliseconds, 1..3600000)"),
+            },
+            _ => diags.push(Diagnostic::Unknown {
+                option: name.into(),
+            }),
         }
     }
     (opts, diags)
@@ -151,7 +388,12 @@ mod tests {
         let (o, d) = parse(b"console=hvc0 sg.debug.panic=1 sg.nope=3 quiet sg.debug.fault");
         assert!(o.debug_panic);
         assert!(o.debug_fault);
-        assert_eq!(d, vec![Diagnostic::Unknown { option: "sg.nope".into() }]);
+        assert_eq!(
+            d,
+            vec![Diagnostic::Unknown {
+                option: "sg.nope".into()
+            }]
+        );
         assert!(!d[0].is_error());
     }
 
@@ -172,15 +414,30 @@ mod tests {
 
     #[test]
     fn quotes_nul_and_garbage() {
-        assert_eq!(tokens(b"a \"b c\" d=\"e f\""), vec![
-            (b"a".to_vec(), true),
-            (b"b c".to_vec(), true),
-            (b"d=e f".to_vec(), true)
-        ]);
+        assert_eq!(
+            tokens(b"a \"b c\" d=\"e f\""),
+            vec![
+                (b"a".to_vec(), true),
+                (b"b c".to_vec(), true),
+                (b"d=e f".to_vec(), true)
+            ]
+        );
         let (_, d) = parse(b"sg.debug.panic=\"1");
-        assert!(matches!(d[0], Diagnostic::BadToken { why: "unterminated quote", .. }));
+        assert!(matches!(
+            d[0],
+            Diagnostic::BadToken {
+                why: "unterminated quote",
+                ..
+            }
+        ));
         let (_, d) = parse(b"sg.\xff\xfe=1");
-        assert!(matches!(d[0], Diagnostic::BadToken { why: "not valid UTF-8", .. }));
+        assert!(matches!(
+            d[0],
+            Diagnostic::BadToken {
+                why: "not valid UTF-8",
+                ..
+            }
+        ));
         let (o, d) = parse(b"sg.debug.panic\0sg.debug.fault garbage");
         assert!(o.debug_panic && !o.debug_fault && d.is_empty());
         let (o, d) = parse(b"");
@@ -200,6 +457,123 @@ mod tests {
                 .collect();
             let _ = parse(&line);
         }
+    }
+
+    #[test]
+    fn virtio_defaults() {
+        let (o, d) = parse(b"");
+        assert!(d.is_empty());
+        assert_eq!(o.blk_read, BlkRead::All);
+        assert_eq!(o.blk_read.bytes_of(1 << 40), 64 << 20);
+        assert_eq!(o.blk_read.bytes_of(4096), 4096);
+        assert_eq!(o.blk_write, None);
+        assert_eq!(o.blk_disk, 0);
+        assert_eq!(o.blk_req, 65536);
+        assert_eq!(o.blk_qd, None);
+        assert_eq!(o.net_frames, 8);
+        assert_eq!(o.console_read, 64);
+        assert_eq!(o.rng_bytes, 64);
+        assert!(o.virtio_packed && o.virtio_indirect && o.virtio_event_idx);
+        assert_eq!(o.virtio_timeout_ms, 5000);
+    }
+
+    #[test]
+    fn virtio_options() {
+        let (o, d) = parse(
+            b"sg.blk.read=1M sg.blk.write=64K:8K:0x5eed sg.blk.disk=1 sg.blk.req=4K sg.blk.qd=3 \
+              sg.net.frames=2 sg.console.read=10 sg.rng.bytes=0x20 sg.virtio.packed=off \
+              sg.virtio.indirect=0 sg.virtio.event_idx=off sg.virtio.timeout_ms=100",
+        );
+        assert!(d.is_empty(), "{d:?}");
+        assert_eq!(o.blk_read, BlkRead::Bytes(1 << 20));
+        assert_eq!(o.blk_read.bytes_of(4096), 4096);
+        assert_eq!(
+            o.blk_write,
+            Some(BlkWrite {
+                offset: 65536,
+                len: 8192,
+                seed: 0x5eed
+            })
+        );
+        assert_eq!(o.blk_disk, 1);
+        assert_eq!(o.blk_req, 4096);
+        assert_eq!(o.blk_qd, Some(3));
+        assert_eq!(o.net_frames, 2);
+        assert_eq!(o.console_read, 10);
+        assert_eq!(o.rng_bytes, 32);
+        assert!(!o.virtio_packed && !o.virtio_indirect && !o.virtio_event_idx);
+        assert_eq!(o.virtio_timeout_ms, 100);
+        let (o, d) = parse(b"sg.blk.read=all sg.blk.write=0:512:42 sg.virtio.packed");
+        assert!(d.is_empty());
+        assert_eq!(o.blk_read, BlkRead::All);
+        assert_eq!(
+            o.blk_write,
+            Some(BlkWrite {
+                offset: 0,
+                len: 512,
+                seed: 42
+            })
+        );
+        assert!(o.virtio_packed);
+    }
+
+    #[test]
+    fn malformed_virtio_options_name_the_option() {
+        for bad in [
+            "sg.blk.read=lots",
+            "sg.blk.read",
+            "sg.blk.write=1:512:1",
+            "sg.blk.write=512:100:1",
+            "sg.blk.write=0:0:1",
+            "sg.blk.write=0:512",
+            "sg.blk.write=0:512:1:2",
+            "sg.blk.write=0:512:seed",
+            "sg.blk.write=0:512:1K",
+            "sg.blk.write=18446744073709551104:512:1",
+            "sg.blk.disk=-1",
+            "sg.blk.disk",
+            "sg.blk.req=1000",
+            "sg.blk.req=0",
+            "sg.blk.req=8M",
+            "sg.blk.qd=0",
+            "sg.blk.qd=40000",
+            "sg.net.frames=many",
+            "sg.net.frames=+3",
+            "sg.console.read=70000",
+            "sg.rng.bytes=0x",
+            "sg.virtio.packed=maybe",
+            "sg.virtio.indirect=2",
+            "sg.virtio.event_idx=",
+            "sg.virtio.timeout_ms=0",
+            "sg.virtio.timeout_ms=1s",
+        ] {
+            let (o, d) = parse(bad.as_bytes());
+            let name = bad.split('=').next().unwrap();
+            assert_eq!(d.len(), 1, "{bad}");
+            match &d[0] {
+                Diagnostic::Malformed { option, .. } => assert_eq!(option, name, "{bad}"),
+                other => panic!("{bad}: {other:?}"),
+            }
+            assert!(d[0].is_error());
+            assert_eq!(
+                o,
+                Options::default(),
+                "{bad}: a malformed value changes nothing"
+            );
+        }
+    }
+
+    #[test]
+    fn numbers() {
+        assert_eq!(parse_number("0"), Some(0));
+        assert_eq!(parse_number("0x1F"), Some(31));
+        assert_eq!(parse_number("18446744073709551615"), Some(u64::MAX));
+        assert_eq!(parse_number("18446744073709551616"), None);
+        assert_eq!(parse_number("0x"), None);
+        assert_eq!(parse_number("0x+1"), None);
+        assert_eq!(parse_number("+1"), None);
+        assert_eq!(parse_number("1K"), None);
+        assert_eq!(parse_number(""), None);
     }
 
     #[test]

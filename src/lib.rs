@@ -11,6 +11,7 @@ pub mod acpi;
 pub mod bootinfo;
 pub mod cmdline;
 pub mod crc32c;
+pub mod devices;
 pub mod devtree;
 pub mod dma;
 pub mod memmap;

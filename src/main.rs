@@ -16,8 +16,10 @@ use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 use linked_list_allocator::LockedHeap;
 use secure_guest::bootinfo::BootInfo;
-use secure_guest::cmdline::{self, Diagnostic};
+use secure_guest::cmdline::{self, Diagnostic, Options};
+use secure_guest::devices::{self, TickClock};
 use secure_guest::devtree::{self, DeviceTree};
+use secure_guest::dma::Direct;
 use secure_guest::memmap::RegionKind;
 use secure_guest::report::{Record, Verdict};
 
@@ -29,6 +31,9 @@ static HEAP: LockedHeap = LockedHeap::empty();
 /// The heap never takes more than this: the rest of RAM stays free for later users (the shared
 /// pool, secret-marked private memory) and a huge heap would only slow down its first use.
 const HEAP_MAX: u64 = 64 << 20;
+
+/// The DMA path of every device: direct (device address = physical address).
+static DIRECT: Direct = Direct::new();
 
 static ERRORS: AtomicU32 = AtomicU32::new(0);
 static WARNINGS: AtomicU32 = AtomicU32::new(0);
@@ -116,7 +121,12 @@ pub fn boot_main(info: BootInfo) -> ! {
         report_devtree(t, if info.fdt.is_some() { "fdt" } else { "pci-scan" });
     }
 
-    // 5. Test-only failure injections, after everything above has been reported.
+    // 5. virtio devices: each through its driver, one `virtio` record per device.
+    if let Some(t) = tree.as_ref() {
+        run_virtio_devices(t, &opts, info.tick_hz);
+    }
+
+    // 6. Test-only failure injections, after everything above has been reported.
     if opts.debug_fault {
         arch::trigger_fault();
         report_error("debug", "sg.debug.fault: the fault did not happen");
@@ -126,6 +136,31 @@ pub fn boot_main(info: BootInfo) -> ! {
     }
 
     end(Verdict::Pass)
+}
+
+/// Finds the virtio devices, runs each through its driver and reports it. A device that was
+/// found but cannot be used, or a write asked of a disk that does not exist, is an `error`
+/// record; a device whose test failed is a `virtio` record with `result: error`, which counts
+/// as an error too.
+fn run_virtio_devices(tree: &DeviceTree, opts: &Options, tick_hz: Option<u64>) {
+    let (found, unusable) = arch::virtio_devices(tree);
+    for (location, why) in &unusable {
+        report_error("virtio", &alloc::format!("{location}: {why}"));
+    }
+    let clock = TickClock::new(arch::now_ticks, tick_hz);
+    let mut runner = devices::Runner::new(&DIRECT, &clock, opts);
+    for mut d in found {
+        let Some(report) = runner.run(&d.location, &mut *d.transport) else {
+            continue;
+        };
+        if report.is_error() {
+            ERRORS.fetch_add(1, Ordering::Relaxed);
+        }
+        devices::virtio_record(record("virtio"), &report).end();
+    }
+    if let Some(e) = runner.unmet() {
+        report_error("virtio", &e);
+    }
 }
 
 fn report_boot(info: &BootInfo) {

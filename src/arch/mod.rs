@@ -11,6 +11,22 @@
 //!   come first, so they wait until it is written);
 //! - `arch_devices(&mut DeviceTree)`: adds what the arch finds without a device tree (x86 PCI
 //!   enumeration); a no-op where the device tree says everything.
+//! - `virtio_devices(&DeviceTree) -> (Vec<FoundDevice>, Vec<(String, String)>)`: every virtio
+//!   device with its transport ready for `virtio::init::init`
+//!   ([`secure_guest::virtio::FoundDevice`]: `location` is the device-tree path of a
+//!   virtio-mmio node or the PCI address `bb:dd.f`, on pseries prefixed by the PHB node name
+//!   for any PHB but the first), and a (location, reason) line for each device found that
+//!   cannot be set up. Never panics on what firmware or devices say. virtio-mmio nodes come
+//!   first, then PCI functions in tree / enumeration order. `virtio_devices_with(tree,
+//!   &ProbeOptions)` is the same with options (`pci_force_legacy`: drive transitional
+//!   virtio-pci devices through their legacy interface).
+//!   - x86_64: microvm's virtio-mmio nodes; q35/pc PCI through ports 0xcf8/0xcfc with the BARs
+//!     SeaBIOS assigned (a BAR above the 64 GiB boot map is mapped on demand, uncached), legacy
+//!     registers through port I/O.
+//!   - ppc64: PCI config through RTAS `ibm,read/write-pci-config`, BARs from the PHB windows
+//!     (`ranges`); BARs firmware left unassigned (VOF) are assigned from those windows first.
+//!     Device registers are reached in real mode at their guest physical address, which works
+//!     under QEMU's pseries (TCG) but not on hardware or KVM-HV (see `ppc64/pci.rs`).
 //!
 //! Unexpected interrupts end in [`crate::fatal_exception`].
 

@@ -70,18 +70,30 @@
 //! from the device (used index, ids, lengths, flags) is checked before use, and a violation is a
 //! [`RingError`] carrying the values seen, never a panic and never an out-of-bounds access.
 
+pub mod blk;
+pub mod console;
+pub mod driver;
 pub mod features;
+pub mod found;
 pub mod init;
+pub mod mmio;
+pub mod net;
 pub mod packed;
+pub mod pci;
 pub mod queue;
+pub mod regs;
+pub mod rng;
 pub mod split;
 pub mod transport;
 pub mod wait;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+pub(crate) mod fakedev;
 
 pub use features::{DeviceType, feature_names};
+pub use found::FoundDevice;
 pub use init::{InitError, Negotiation};
 pub use queue::{
     AddError, Completion, QueueConfig, RingError, RingFormat, Segment, Token, Virtqueue,

@@ -19,7 +19,9 @@
 mod flatten;
 mod hcall;
 mod of;
+mod pci;
 mod vectors;
+mod virtio;
 
 use core::arch::{asm, global_asm};
 use core::cell::UnsafeCell;
@@ -35,6 +37,11 @@ use secure_guest::report::Verdict;
 use crate::console::FixedBuf;
 use flatten::{Found, Walker};
 use of::Of;
+
+pub use virtio::virtio_devices;
+/// For a device flow that forces legacy virtio-pci (`ProbeOptions`); unused until one does.
+#[allow(unused_imports)]
+pub use virtio::virtio_devices_with;
 
 global_asm!(
     concat!(

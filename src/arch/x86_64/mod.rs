@@ -4,8 +4,11 @@ mod entry;
 mod exceptions;
 mod fwcfg;
 mod io;
+mod paging;
 mod pci;
+mod port;
 mod serial;
+mod virtio;
 
 use core::cell::UnsafeCell;
 use secure_guest::acpi::{self, AddressSpace, PowerOff};
@@ -15,6 +18,10 @@ use secure_guest::memmap::{MemoryMap, RegionKind};
 use secure_guest::report::Verdict;
 
 pub use exceptions::trigger_fault;
+pub use virtio::virtio_devices;
+/// For a device flow that forces legacy virtio-pci (`ProbeOptions`); unused until one does.
+#[allow(unused_imports)]
+pub use virtio::virtio_devices_with;
 
 const PVH_MAGIC: u32 = 0x336e_c578;
 const E820_RAM: u32 = 1;

@@ -1,22 +1,70 @@
-//! PCI enumeration through configuration mechanism #1 (ports 0xcf8/0xcfc), for q35 and pc,
-//! which have no device tree: what it finds goes into the same typed structs a tree would give.
+//! PCI configuration mechanism #1 (ports 0xcf8/0xcfc) for q35 and pc, which have no device
+//! tree: enumeration into the same typed structs a tree would give, and [`PortConfig`], the
+//! config access the virtio-pci transport uses.
 
 use super::io::{inl, outl};
+use super::port;
 use alloc::format;
 use alloc::string::String;
 use secure_guest::devtree::{DeviceTree, PciFunction, PciHostNode};
+use secure_guest::virtio::pci::{PciAddress, PciConfigAccess};
 
 const CONFIG_ADDRESS: u16 = 0xcf8;
 const CONFIG_DATA: u16 = 0xcfc;
 
-pub fn read32(bus: u8, dev: u8, func: u8, offset: u8) -> u32 {
-    let addr = 0x8000_0000
+fn address(bus: u8, dev: u8, func: u8, offset: u8) -> u32 {
+    0x8000_0000
         | (bus as u32) << 16
         | (dev as u32 & 0x1f) << 11
         | (func as u32 & 7) << 8
-        | (offset as u32 & 0xfc);
-    outl(CONFIG_ADDRESS, addr);
+        | (offset as u32 & 0xfc)
+}
+
+pub fn read32(bus: u8, dev: u8, func: u8, offset: u8) -> u32 {
+    outl(CONFIG_ADDRESS, address(bus, dev, func, offset));
     inl(CONFIG_DATA)
+}
+
+/// Configuration space through ports 0xcf8/0xcfc: the address register selects the dword, the
+/// data port plus the byte offset inside it carries 8- and 16-bit accesses. Only the boot CPU
+/// runs, so the address/data pair is never interleaved.
+pub struct PortConfig;
+
+impl PortConfig {
+    /// Selects the dword holding `offset`; returns the data port for that byte. Offsets beyond
+    /// the 256 bytes mechanism #1 reaches give `None`.
+    fn select(at: PciAddress, offset: u16) -> Option<u16> {
+        let off = u8::try_from(offset).ok()?;
+        port::outl(CONFIG_ADDRESS, address(at.bus, at.device, at.function, off));
+        Some(CONFIG_DATA + u16::from(off & 3))
+    }
+}
+
+impl PciConfigAccess for PortConfig {
+    fn read8(&mut self, at: PciAddress, offset: u16) -> u8 {
+        Self::select(at, offset).map_or(u8::MAX, port::inb)
+    }
+    fn read16(&mut self, at: PciAddress, offset: u16) -> u16 {
+        Self::select(at, offset & !1).map_or(u16::MAX, port::inw)
+    }
+    fn read32(&mut self, at: PciAddress, offset: u16) -> u32 {
+        Self::select(at, offset & !3).map_or(u32::MAX, port::inl)
+    }
+    fn write8(&mut self, at: PciAddress, offset: u16, value: u8) {
+        if let Some(p) = Self::select(at, offset) {
+            port::outb(p, value)
+        }
+    }
+    fn write16(&mut self, at: PciAddress, offset: u16, value: u16) {
+        if let Some(p) = Self::select(at, offset & !1) {
+            port::outw(p, value)
+        }
+    }
+    fn write32(&mut self, at: PciAddress, offset: u16, value: u32) {
+        if let Some(p) = Self::select(at, offset & !3) {
+            port::outl(p, value)
+        }
+    }
 }
 
 /// The host bridge at 00:00.0 tells the chipset: (vendor, device).

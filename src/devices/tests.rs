@@ -1,0 +1,332 @@
+//! The device step over fake devices, and its records checked by the harness's own parser.
+
+use alloc::string::String;
+use alloc::vec;
+use alloc::vec::Vec;
+
+use super::*;
+use crate::cmdline;
+use crate::dma::Direct;
+use crate::virtio::blk::tests::{BlkConfig, BlkModel};
+use crate::virtio::console::tests::ConsoleModel;
+use crate::virtio::fakedev::{Bus, config_bytes};
+use crate::virtio::features::{blk as bf, net as nf};
+use crate::virtio::net::tests::NetModel;
+use crate::virtio::rng::tests::RngModel;
+
+fn disk(size: usize, seed: u64) -> Vec<u8> {
+    let mut d = alloc::vec![0u8; size];
+    crate::pattern::fill(seed, 0, &mut d);
+    d
+}
+
+fn blk_bus(size: usize, seed: u64, offered: u64) -> Bus {
+    let c = BlkConfig::for_disk(size);
+    Bus::new(
+        DeviceType::BLOCK,
+        offered | bf::FLUSH | bf::BLK_SIZE | common::RING_PACKED | common::ACCESS_PLATFORM,
+        &[256],
+        c.bytes(),
+        BlkModel::new(disk(size, seed)),
+    )
+}
+
+const MAC: [u8; 6] = [0x52, 0x54, 0x00, 0xab, 0xcd, 0xef];
+
+/// One of each device, plus a balloon (type 5) and an empty mmio slot (type 0).
+fn machine() -> Vec<(String, Bus)> {
+    vec![
+        ("/virtio_mmio@1".into(), blk_bus(64 << 10, 1, 0)),
+        ("/virtio_mmio@2".into(), blk_bus(128 << 10, 2, 0)),
+        (
+            "/virtio_mmio@3".into(),
+            Bus::new(
+                DeviceType::NET,
+                nf::MAC | nf::CSUM | nf::MRG_RXBUF | common::RING_PACKED,
+                &[256, 256],
+                config_bytes(12, &[(0, &MAC)]),
+                NetModel::new(),
+            ),
+        ),
+        (
+            "/virtio_mmio@4".into(),
+            Bus::new(
+                DeviceType::CONSOLE,
+                0,
+                &[64, 64],
+                config_bytes(12, &[]),
+                ConsoleModel::new(b"ok \"quoted\"\n"),
+            ),
+        ),
+        (
+            "/virtio_mmio@5".into(),
+            Bus::new(
+                DeviceType::RNG,
+                0,
+                &[16],
+                Vec::new(),
+                RngModel {
+                    per_request: 16,
+                    budget: 1 << 20,
+                    given: 0,
+                    empty_when_spent: false,
+                },
+            ),
+        ),
+        (
+            "/virtio_mmio@6".into(),
+            Bus::new(
+                DeviceType::BALLOON,
+                0,
+                &[],
+                Vec::new(),
+                RngModel {
+                    per_request: 0,
+                    budget: 0,
+                    given: 0,
+                    empty_when_spent: false,
+                },
+            ),
+        ),
+        (
+            "/virtio_mmio@7".into(),
+            Bus::new(
+                DeviceType::NONE,
+                0,
+                &[],
+                Vec::new(),
+                RngModel {
+                    per_request: 0,
+                    budget: 0,
+                    given: 0,
+                    empty_when_spent: false,
+                },
+            ),
+        ),
+    ]
+}
+
+/// Runs every device of `machine` and returns the reports and the console text of the records.
+fn run_all(
+    machine: &[(String, Bus)],
+    cmdline: &str,
+) -> (Vec<DeviceReport>, String, Option<String>) {
+    let (opts, diags) = cmdline::parse(cmdline.as_bytes());
+    assert!(diags.is_empty(), "{diags:?}");
+    let dma = Direct::new();
+    let mut reports = Vec::new();
+    let mut console = String::new();
+    let unmet;
+    {
+        // The clock of the first device steps every device: each test device only runs when
+        // its own driver looks at the time, which is the one being driven.
+        let clocks: Vec<_> = machine.iter().map(|(_, b)| b.clock()).collect();
+        for ((loc, bus), clock) in machine.iter().zip(&clocks) {
+            let mut runner = Runner::new(&dma, clock, &opts);
+            runner.blk_seen = reports
+                .iter()
+                .filter(|r: &&DeviceReport| r.device == "blk")
+                .count() as u32;
+            let mut t = bus.transport();
+            if let Some(r) = runner.run(loc, &mut t) {
+                let rec = Record::new(&mut console, "virtio").u64("t_us", 1);
+                assert!(virtio_record(rec, &r).end());
+                reports.push(r);
+            }
+        }
+        let mut runner = Runner::new(&dma, &clocks[0], &opts);
+        runner.blk_seen = reports.iter().filter(|r| r.device == "blk").count() as u32;
+        unmet = runner.unmet();
+    }
+    (reports, console, unmet)
+}
+
+fn parsed(console: &str) -> harness::Report {
+    let report = harness::Report::parse(console.as_bytes());
+    let errors: Vec<_> = report
+        .errors
+        .iter()
+        .filter(|e| !e.message.contains("not `boot`"))
+        .collect();
+    assert!(errors.is_empty(), "{errors:?}\n{console}");
+    report
+}
+
+#[test]
+fn every_device_gets_a_record_the_harness_accepts() {
+    let m = machine();
+    let (reports, console, unmet) = run_all(&m, "sg.blk.write=4096:8192:0x77 sg.blk.disk=1");
+    assert_eq!(unmet, None);
+    let devices: Vec<&str> = reports.iter().map(|r| r.device.as_str()).collect();
+    assert_eq!(
+        devices,
+        ["blk", "blk", "net", "console", "rng", "type-5"],
+        "type 0 has no record"
+    );
+    for r in &reports[..5] {
+        assert_eq!(r.outcome, Outcome::Ok, "{r:?}");
+    }
+    assert_eq!(reports[5].outcome, Outcome::Skipped);
+
+    let report = parsed(&console);
+    use harness::report::{Virtio, VirtioBlk, VirtioConsole, VirtioNet, VirtioRng};
+    let recs: Vec<_> = report.events("virtio").collect();
+    assert_eq!(recs.len(), 6);
+    let v: Virtio = recs[0].view().unwrap();
+    assert_eq!(v.device, "blk");
+    assert_eq!(v.device_id, 2);
+    assert_eq!(v.transport, "virtio-mmio-v2");
+    assert_eq!(v.location, "/virtio_mmio@1");
+    assert_eq!(v.dma, "direct");
+    assert!(v.features_offered_names.contains(&"VERSION_1".to_string()));
+    assert!(
+        v.features_offered_names
+            .contains(&"RING_PACKED".to_string())
+    );
+    assert!(
+        v.features_offered_names
+            .contains(&"ACCESS_PLATFORM".to_string())
+    );
+    assert!(
+        v.features_accepted_names
+            .contains(&"BLK_F_FLUSH".to_string())
+    );
+    assert!(v.access_platform.offered && v.access_platform.accepted);
+    assert_eq!(v.queues.len(), 1);
+    assert_eq!(v.queues[0].ring, harness::report::RingKind::Packed);
+    assert_eq!(v.error, None);
+
+    // Disk 0 is read only; disk 1 gets the write.
+    let b0: VirtioBlk = recs[0].view().unwrap();
+    assert_eq!(b0.capacity, 64 << 10);
+    assert_eq!(b0.block_size, 512);
+    assert_eq!(b0.serial.as_deref(), Some("sg-disk-0"));
+    assert_eq!(b0.read_bytes, 64 << 10);
+    assert_eq!(b0.read_crc32c.0, u64::from(crc32c(&disk(64 << 10, 1))));
+    assert_eq!(b0.write, None);
+    assert!(!b0.flushed);
+    m[0].1
+        .model(|b: &mut BlkModel| assert!(b.writes.is_empty()));
+    let b1: VirtioBlk = recs[1].view().unwrap();
+    let w = b1.write.expect("the write of disk 1");
+    assert_eq!((w.offset, w.len, w.seed.0), (4096, 8192, 0x77));
+    let mut pat = alloc::vec![0u8; 8192];
+    crate::pattern::fill(0x77, 4096, &mut pat);
+    assert_eq!(w.crc32c.0, u64::from(crc32c(&pat)));
+    assert!(b1.flushed);
+    m[1].1
+        .model(|b: &mut BlkModel| assert_eq!(&b.disk[4096..12288], &pat[..]));
+
+    let v: Virtio = recs[2].view().unwrap();
+    assert!(
+        v.features_offered_names
+            .contains(&"NET_F_MRG_RXBUF".to_string())
+    );
+    assert_eq!(
+        v.features_accepted_names,
+        ["NET_F_MAC", "VERSION_1", "RING_PACKED"],
+        "no offloads, no mergeable buffers"
+    );
+    let n: VirtioNet = recs[2].view().unwrap();
+    assert_eq!(n.mac, "52:54:00:ab:cd:ef");
+    assert_eq!((n.frames_sent, n.frames_verified), (8, 8));
+
+    let c: VirtioConsole = recs[3].view().unwrap();
+    assert_eq!(c.written_bytes, 61);
+    assert_eq!(c.read_bytes, 12);
+    assert_eq!(c.read_text.as_deref(), Some("ok \"quoted\"\n"));
+    assert_eq!(c.read_crc32c.0, u64::from(crc32c(b"ok \"quoted\"\n")));
+
+    let x: VirtioRng = recs[4].view().unwrap();
+    assert_eq!(x.entropy_bytes, 64);
+
+    let v: Virtio = recs[5].view().unwrap();
+    assert_eq!(v.device, "type-5");
+    assert_eq!(v.result, harness::report::DeviceResult::Skipped);
+    assert!(v.queues.is_empty());
+    assert_eq!(v.features_accepted.0, 0);
+    assert_eq!(
+        m[5].1.core(|c| c.status),
+        0,
+        "an undriven device is not touched"
+    );
+    assert_eq!(m[5].1.core(|c| c.resets), 0);
+}
+
+#[test]
+fn errors_are_records_with_an_error_string() {
+    let mut m = machine();
+    m.truncate(1);
+    m[0].1.model(|b: &mut BlkModel| b.ioerr_sector = Some(3));
+    let (reports, console, _) = run_all(&m, "");
+    assert!(reports[0].is_error());
+    let report = parsed(&console);
+    let v: harness::report::Virtio = report.events("virtio").next().unwrap().view().unwrap();
+    assert_eq!(v.result, harness::report::DeviceResult::Error);
+    let e = v.error.unwrap();
+    assert!(e.contains("VIRTIO_BLK_S_IOERR"), "{e}");
+}
+
+#[test]
+fn a_write_for_a_disk_that_does_not_exist_is_reported_and_nothing_is_written() {
+    let m = machine();
+    let (reports, _, unmet) = run_all(&m, "sg.blk.write=0:512:1 sg.blk.disk=2");
+    assert!(reports.iter().all(|r| !r.is_error()));
+    let e = unmet.expect("unmet write");
+    assert!(e.contains("names blk device 2"), "{e}");
+    assert!(e.contains("2 blk device(s) were found"), "{e}");
+    for d in &m[..2] {
+        d.1.model(|b: &mut BlkModel| assert!(b.writes.is_empty()));
+    }
+}
+
+#[test]
+fn options_reach_the_drivers() {
+    let m = machine();
+    let (reports, _, _) = run_all(
+        &m,
+        "sg.virtio.packed=off sg.virtio.indirect=off sg.virtio.event_idx=off sg.net.frames=3 \
+         sg.rng.bytes=20 sg.blk.read=1000 sg.console.read=2",
+    );
+    for r in &reports[..5] {
+        assert_eq!(r.outcome, Outcome::Ok, "{r:?}");
+        assert_eq!(r.features_accepted & common::RING_PACKED, 0);
+        for q in &r.queues {
+            assert_eq!(q.ring, crate::virtio::RingFormat::Split);
+            assert!(!q.indirect && !q.event_idx);
+        }
+    }
+    let Specific::Blk(b) = &reports[0].specific else {
+        panic!()
+    };
+    assert_eq!(b.read_bytes, 1000);
+    let Specific::Net(n) = &reports[2].specific else {
+        panic!()
+    };
+    assert_eq!(n.frames_sent, 3);
+    let Specific::Console(c) = &reports[3].specific else {
+        panic!()
+    };
+    assert_eq!(c.read, b"ok");
+    let Specific::Rng(x) = &reports[4].specific else {
+        panic!()
+    };
+    assert_eq!(x.entropy_bytes, 20);
+}
+
+#[test]
+fn report_names_of_feature_bits() {
+    assert_eq!(report_feature_name("VIRTIO_F_VERSION_1"), "VERSION_1");
+    assert_eq!(report_feature_name("VIRTIO_BLK_F_FLUSH"), "BLK_F_FLUSH");
+    assert_eq!(report_feature_name("bit3"), "bit3");
+}
+
+#[test]
+fn tick_clock() {
+    fn ticks() -> u64 {
+        3_000_000
+    }
+    assert_eq!(TickClock::new(ticks, Some(1_000_000)).now_us(), 3_000_000);
+    assert_eq!(TickClock::new(ticks, Some(3_000_000_000)).now_us(), 1000);
+    assert_eq!(TickClock::new(ticks, None).now_us(), 0);
+}

@@ -1,0 +1,641 @@
+//! virtio-blk (virtio 1.2, 5.2): capacity and limits from config space, the serial (get-id),
+//! a checksummed read of the start of the disk with several requests in flight, and the
+//! pattern write and flush of `sg.blk.write` when this disk is the one named.
+//!
+//! A request is three kinds of segment: the 16-byte header (device-readable) and the status byte
+//! (device-writable) live in a shared region; the data is a heap buffer mapped for the request
+//! and unmapped when it completes. Reads complete in any order; the checksum is taken in disk
+//! order, so a completed request waits until the ones before it are in.
+//!
+//! The device is hostile: capacity and block size are checked before use, the status byte
+//! starts as 0xff so that one the device never wrote shows, and a read that completes with
+//! fewer bytes than asked is an error.
+
+use alloc::collections::VecDeque;
+use alloc::format;
+use alloc::string::String;
+use alloc::vec;
+use alloc::vec::Vec;
+
+use super::driver::{
+    Counters, DriverRun, Outcome, QueueInfo, Resources, Settings, init_device, kick,
+};
+use super::features::blk as f;
+use super::init::{self, InitError, Negotiation};
+use super::queue::{AddError, Segment, Token};
+use super::transport::{Transport, TransportError, read_config_consistent};
+use super::wait::{Clock, WaitError};
+use crate::cmdline::{BlkRead, BlkWrite};
+use crate::crc32c::Crc32c;
+use crate::dma::{Direction, DmaConstraints};
+use crate::pattern;
+
+const T_IN: u32 = 0;
+const T_OUT: u32 = 1;
+const T_FLUSH: u32 = 4;
+const T_GET_ID: u32 = 8;
+
+const S_OK: u8 = 0;
+const S_IOERR: u8 = 1;
+const S_UNSUPP: u8 = 2;
+/// What the status byte holds until the device writes it.
+const S_UNWRITTEN: u8 = 0xff;
+
+const SECTOR: u64 = 512;
+/// The get-id answer: at most 20 bytes, NUL-terminated when shorter.
+const ID_BYTES: usize = 20;
+/// The queue size asked for.
+const QUEUE_SIZE: u16 = 256;
+/// Data buffers in flight never take more heap than this.
+const BUFFER_BUDGET: u64 = 16 << 20;
+/// The largest `blk_size` accepted.
+pub const MAX_BLOCK_SIZE: u32 = 64 << 10;
+
+/// What the command line asks of this disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BlkParams {
+    pub read: BlkRead,
+    /// Only when `sg.blk.disk` names this disk.
+    pub write: Option<BlkWrite>,
+    /// Data bytes per request (a multiple of 512).
+    pub req_bytes: u32,
+    /// Requests in flight; `None`: the queue size.
+    pub qd: Option<u16>,
+}
+
+impl Default for BlkParams {
+    fn default() -> Self {
+        BlkParams {
+            read: BlkRead::All,
+            write: None,
+            req_bytes: 64 << 10,
+            qd: None,
+        }
+    }
+}
+
+/// The blk fields of the report.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BlkInfo {
+    /// Bytes (config `capacity` × 512), once read and checked.
+    pub capacity: Option<u64>,
+    pub block_size: Option<u32>,
+    /// What get-id returned, up to its first NUL; `None` when the device has no serial.
+    pub serial: Option<String>,
+    /// Bytes read and checksummed, in disk order.
+    pub read_bytes: u64,
+    pub read_crc32c: u32,
+    /// The write that `sg.blk.write` asked of this disk, and the CRC32C of the data written.
+    pub write: Option<(BlkWrite, u32)>,
+    /// A flush completed after the write.
+    pub flushed: bool,
+}
+
+/// Config space as read (virtio 1.2, 5.2.4), before any check.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct RawConfig {
+    capacity: u64,
+    size_max: Option<u32>,
+    seg_max: Option<u32>,
+    blk_size: Option<u32>,
+}
+
+fn read_config<T: Transport + ?Sized>(
+    t: &mut T,
+    n: &Negotiation,
+) -> Result<RawConfig, TransportError> {
+    read_config_consistent(t, |t| {
+        let lo = t.read_config_u32(0)?;
+        let hi = t.read_config_u32(4)?;
+        let opt = |t: &mut T, bit: u64, off: usize| -> Result<Option<u32>, TransportError> {
+            if n.has(bit) {
+                t.read_config_u32(off).map(Some)
+            } else {
+                Ok(None)
+            }
+        };
+        Ok(RawConfig {
+            capacity: u64::from(lo) | (u64::from(hi) << 32),
+            size_max: opt(t, f::SIZE_MAX, 8)?,
+            seg_max: opt(t, f::SEG_MAX, 12)?,
+            blk_size: opt(t, f::BLK_SIZE, 20)?,
+        })
+    })
+}
+
+/// The checked geometry of the disk and of a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Geometry {
+    capacity: u64,
+    block_size: u32,
+    /// The largest data segment (`size_max`).
+    piece: usize,
+    /// Data bytes per request: `sg.blk.req` within `seg_max` × `size_max`, whole blocks.
+    req_len: u32,
+}
+
+fn check_config(c: &RawConfig, queue_size: u16, req_bytes: u32) -> Result<Geometry, String> {
+    let capacity = c.capacity.checked_mul(SECTOR).ok_or_else(|| {
+        format!(
+            "capacity of {} sectors overflows 64 bits of bytes",
+            c.capacity
+        )
+    })?;
+    let block_size = c.blk_size.unwrap_or(SECTOR as u32);
+    if !block_size.is_power_of_two() || !(SECTOR as u32..=MAX_BLOCK_SIZE).contains(&block_size) {
+        return Err(format!(
+            "blk_size {block_size} is not a power of two in 512..={MAX_BLOCK_SIZE}"
+        ));
+    }
+    let piece = match c.size_max {
+        None => u32::MAX,
+        Some(s) if s < SECTOR as u32 => {
+            return Err(format!("size_max {s} is below one sector"));
+        }
+        Some(s) => s,
+    };
+    // Header and status take two descriptors of a chain no longer than the queue.
+    let max_segments = u64::from(queue_size.saturating_sub(2).max(1));
+    let segments = match c.seg_max {
+        None => max_segments,
+        Some(0) => return Err("seg_max is 0".into()),
+        Some(s) => u64::from(s).min(max_segments),
+    };
+    let limit = (segments * u64::from(piece)).min(u64::from(req_bytes));
+    let req_len = limit - limit % u64::from(block_size);
+    if req_len == 0 {
+        return Err(format!(
+            "seg_max {} x size_max {} cannot carry one block of {block_size} bytes",
+            segments, piece
+        ));
+    }
+    Ok(Geometry {
+        capacity,
+        block_size,
+        piece: piece as usize,
+        req_len: req_len as u32,
+    })
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Read,
+    Write,
+    Flush,
+    GetId,
+}
+
+impl Kind {
+    fn code(self) -> u32 {
+        match self {
+            Kind::Read => T_IN,
+            Kind::Write => T_OUT,
+            Kind::Flush => T_FLUSH,
+            Kind::GetId => T_GET_ID,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Read => "read",
+            Kind::Write => "write",
+            Kind::Flush => "flush",
+            Kind::GetId => "get-id",
+        }
+    }
+
+    fn device_writes_data(self) -> bool {
+        matches!(self, Kind::Read | Kind::GetId)
+    }
+}
+
+/// One request in flight.
+#[derive(Clone, Copy, Debug)]
+struct Slot {
+    /// Index into the request's pool buffer list.
+    buf: usize,
+    seq: u64,
+    offset: u64,
+    len: u32,
+}
+
+/// Runs the driver over `t`: init, the test, reset and cleanup.
+pub fn run<T: Transport + ?Sized>(
+    t: &mut T,
+    dma: &dyn crate::dma::Dma,
+    clock: &dyn Clock,
+    settings: &Settings,
+    params: &BlkParams,
+) -> DriverRun<BlkInfo> {
+    let mut res = Resources::new(dma);
+    let mut info = BlkInfo::default();
+    let features = f::SIZE_MAX | f::SEG_MAX | f::BLK_SIZE | f::RO | f::FLUSH;
+    let init = init_device(t, features, settings, clock, &mut res, |t, n, res| {
+        let config = read_config(t, n)?;
+        let q = init::setup_queue(t, res.dma(), n, 0, QUEUE_SIZE, &DmaConstraints::NONE)?;
+        res.queues.push(q);
+        Ok::<_, InitError>(config)
+    });
+    let (negotiation, config) = match init {
+        Ok(v) => v,
+        Err(fail) => {
+            let teardown = res.release(t, settings, clock);
+            return DriverRun {
+                offered: fail.offered,
+                accepted: fail.accepted,
+                queues: Vec::new(),
+                counters: Counters::default(),
+                outcome: Outcome::Error(fail.message).with_teardown(teardown),
+                specific: info,
+            };
+        }
+    };
+    let queues: Vec<QueueInfo> = res.queues.iter().map(QueueInfo::of).collect();
+    res.queues[0].set_interrupts(false);
+    let mut blk = Blk {
+        t: &mut *t,
+        res: &mut res,
+        clock,
+        settings,
+        counters: Counters::default(),
+        pool: Vec::new(),
+        geometry: None,
+    };
+    let result = blk.test(&negotiation, &config, params, &mut info);
+    let counters = blk.counters;
+    let teardown = res.release(t, settings, clock);
+    let outcome = match result {
+        Ok(()) => Outcome::Ok,
+        Err(e) => Outcome::Error(e),
+    }
+    .with_teardown(teardown);
+    DriverRun {
+        offered: negotiation.offered,
+        accepted: negotiation.accepted,
+        queues,
+        counters,
+        outcome,
+        specific: info,
+    }
+}
+
+struct Blk<'a, 'd, T: ?Sized> {
+    t: &'a mut T,
+    res: &'a mut Resources<'d>,
+    clock: &'a dyn Clock,
+    settings: &'a Settings,
+    counters: Counters,
+    /// Indexes into `res.bufs` of the data buffers, reused from one transfer to the next.
+    pool: Vec<usize>,
+    geometry: Option<Geometry>,
+}
+
+impl<T: Transport + ?Sized> Blk<'_, '_, T> {
+    fn test(
+        &mut self,
+        n: &Negotiation,
+        config: &RawConfig,
+        params: &BlkParams,
+        info: &mut BlkInfo,
+    ) -> Result<(), String> {
+        let queue_size = self.res.queues[0].size();
+        let g = check_config(config, queue_size, params.req_bytes)?;
+        self.geometry = Some(g);
+        info.capacity = Some(g.capacity);
+        info.block_size = Some(g.block_size);
+
+        info.serial = self.get_id()?;
+
+        // The read: whole blocks, but the checksum covers exactly the bytes asked for.
+        let read = params.read.bytes_of(g.capacity);
+        let span = read
+            .next_multiple_of(u64::from(g.block_size))
+            .min(g.capacity);
+        let mut crc = Crc32c::new();
+        let mut done = 0u64;
+        let qd = params.qd.unwrap_or(queue_size);
+        let r = if span == 0 {
+            Ok(())
+        } else {
+            self.transfer(
+                Kind::Read,
+                0,
+                span,
+                qd,
+                |_, _| {},
+                |_, data| {
+                    let take = (read - done).min(data.len() as u64) as usize;
+                    crc.update(&data[..take]);
+                    done += take as u64;
+                },
+            )
+        };
+        info.read_bytes = done;
+        info.read_crc32c = crc.finish();
+        r?;
+
+        let Some(w) = params.write else {
+            return Ok(());
+        };
+        if n.has(f::RO) {
+            return Err(format!(
+                "sg.blk.write refused: the device is read-only (VIRTIO_BLK_F_RO); nothing was \
+                 written at {}",
+                w.offset
+            ));
+        }
+        let bs = u64::from(g.block_size);
+        if !w.offset.is_multiple_of(bs) || !w.len.is_multiple_of(bs) {
+            return Err(format!(
+                "sg.blk.write {}:{} is not in whole blocks of the device's {bs} bytes; nothing \
+                 was written",
+                w.offset, w.len
+            ));
+        }
+        if w.offset
+            .checked_add(w.len)
+            .is_none_or(|end| end > g.capacity)
+        {
+            return Err(format!(
+                "sg.blk.write {}:{} ends beyond the capacity of {} bytes; nothing was written",
+                w.offset, w.len, g.capacity
+            ));
+        }
+        let mut wcrc = Crc32c::new();
+        self.transfer(
+            Kind::Write,
+            w.offset,
+            w.len,
+            qd,
+            |offset, buf| {
+                pattern::fill(w.seed, offset, buf);
+                wcrc.update(buf);
+            },
+            |_, _| {},
+        )?;
+        info.write = Some((w, wcrc.finish()));
+        if n.has(f::FLUSH) {
+            self.single(Kind::Flush)?;
+            info.flushed = true;
+        }
+        Ok(())
+    }
+
+    /// get-id: the serial, or `None` when the device does not support it.
+    fn get_id(&mut self) -> Result<Option<String>, String> {
+        let (status, data) = self.single(Kind::GetId)?;
+        if status != S_OK {
+            return Ok(None);
+        }
+        let data = &data[..ID_BYTES];
+        let end = data.iter().position(|&b| b == 0).unwrap_or(ID_BYTES);
+        Ok(Some(String::from_utf8_lossy(&data[..end]).into_owned()))
+    }
+
+    /// A request without data to stream (get-id, flush). Returns its status (for get-id also
+    /// `S_IOERR` / `S_UNSUPP`; for flush only `S_OK`, anything else is an error) and the data.
+    fn single(&mut self, kind: Kind) -> Result<(u8, Vec<u8>), String> {
+        let mut out = (S_OK, Vec::new());
+        let len = if kind == Kind::GetId {
+            ID_BYTES as u64
+        } else {
+            0
+        };
+        self.transfer(
+            kind,
+            0,
+            len,
+            1,
+            |_, _| {},
+            |status, data| {
+                out = (status, data.to_vec());
+            },
+        )?;
+        Ok(out)
+    }
+
+    /// Moves `total` bytes from disk offset `start` in requests of the geometry's size with up
+    /// to `qd` in flight. `fill(offset, buf)` provides write data; `consume(status, data)` sees
+    /// each request's data in disk order. A request without data (flush) is one request of
+    /// length 0.
+    #[allow(clippy::too_many_arguments)]
+    fn transfer(
+        &mut self,
+        kind: Kind,
+        start: u64,
+        total: u64,
+        qd: u16,
+        mut fill: impl FnMut(u64, &mut [u8]),
+        mut consume: impl FnMut(u8, &[u8]),
+    ) -> Result<(), String> {
+        let g = self.geometry.expect("geometry is known before any request");
+        let dma = self.res.dma();
+        let req_len = if matches!(kind, Kind::Read | Kind::Write) {
+            u64::from(g.req_len)
+        } else {
+            total.max(1)
+        };
+        let nreq = if total == 0 {
+            1
+        } else {
+            total.div_ceil(req_len)
+        };
+        let budget = (BUFFER_BUDGET / req_len).max(1);
+        let slots = u64::from(qd.max(1))
+            .min(u64::from(self.res.queues[0].size()))
+            .min(nreq)
+            .min(budget) as usize;
+
+        // Header (16 bytes) and status (1 byte) of every slot in one shared region.
+        let region = self.res.alloc_region(17 * slots, 16)?;
+        let status_at = |slot: usize| 16 * slots + slot;
+        while self.pool.len() < slots && total > 0 {
+            let b = self
+                .res
+                .alloc_buf(g.req_len.max(ID_BYTES as u32) as usize)?;
+            self.pool.push(b);
+        }
+
+        let mut free: VecDeque<usize> = (0..slots).collect();
+        let mut by_token: Vec<Option<Slot>> = vec![None; usize::from(self.res.queues[0].size())];
+        let mut done: Vec<Option<(Slot, u8)>> = vec![None; slots];
+        let (mut issued, mut consumed, mut outstanding) = (0u64, 0u64, 0u32);
+        let mut deadline = self.settings.deadline(self.clock);
+        let direction = if kind.device_writes_data() {
+            Direction::FromDevice
+        } else {
+            Direction::ToDevice
+        };
+
+        while consumed < nreq {
+            // Issue as much as the slots and the ring allow.
+            while issued < nreq {
+                let Some(slot_index) = free.pop_front() else {
+                    break;
+                };
+                let offset = start + issued * req_len;
+                let len = (total - issued * req_len).min(req_len) as u32;
+                let slot = Slot {
+                    buf: slot_index,
+                    seq: issued,
+                    offset,
+                    len,
+                };
+                let r = &self.res.regions[region];
+                let h = 16 * slot_index;
+                r.write_u32(h, kind.code());
+                r.write_u32(h + 4, 0);
+                r.write_u64(
+                    h + 8,
+                    if kind == Kind::Flush {
+                        0
+                    } else {
+                        offset / SECTOR
+                    },
+                );
+                r.write_u8(status_at(slot_index), S_UNWRITTEN);
+                let mut segments = vec![Segment::in_region(r, h, 16, false)];
+                if len > 0 {
+                    let buf = &mut self.res.bufs[self.pool[slot_index]];
+                    if kind == Kind::Write {
+                        fill(offset, &mut buf.bytes_mut()[..len as usize]);
+                    }
+                    let data = buf
+                        .map(dma, len as usize, g.piece, direction, &DmaConstraints::NONE)
+                        .map_err(|e| format!("{} buffer of {len} bytes: {e}", kind.name()))?;
+                    segments.extend(data);
+                }
+                segments.push(Segment::in_region(r, status_at(slot_index), 1, true));
+                match self.res.queues[0].add(&segments) {
+                    Ok(token) => {
+                        by_token[token.index()] = Some(slot);
+                        issued += 1;
+                        outstanding += 1;
+                    }
+                    Err(e) => {
+                        let buf = &mut self.res.bufs[self.pool[slot_index]];
+                        // SAFETY: `add` failed, so the device never saw the buffer.
+                        let _ = unsafe { buf.unmap(dma) };
+                        if e.is_transient() && outstanding > 0 {
+                            free.push_front(slot_index);
+                            break;
+                        }
+                        return Err(add_error(kind, &slot, e));
+                    }
+                }
+            }
+            kick(&mut *self.t, &mut self.res.queues[0], &mut self.counters);
+
+            // One completion.
+            let c = match self.res.queues[0].wait_used(&mut deadline) {
+                Ok(c) => c,
+                Err(WaitError::TimedOut { elapsed_us, polls }) => {
+                    let oldest = by_token.iter().flatten().min_by_key(|s| s.seq);
+                    return Err(format!(
+                        "timeout after {} ms: {outstanding} {} request(s) outstanding{} \
+                         ({elapsed_us} us, {polls} polls)",
+                        self.settings.timeout_ms(),
+                        kind.name(),
+                        oldest.map_or(String::new(), |s| format!(
+                            ", the oldest of {} bytes at offset {}",
+                            s.len, s.offset
+                        )),
+                    ));
+                }
+                Err(WaitError::Ring(e)) => return Err(format!("{} queue: {e}", kind.name())),
+            };
+            deadline = self.settings.deadline(self.clock);
+            let slot = take_slot(&mut by_token, c.token).ok_or_else(|| {
+                format!(
+                    "completion of token {} that names no request",
+                    c.token.index()
+                )
+            })?;
+            outstanding -= 1;
+            let buf = &mut self.res.bufs[self.pool[slot.buf]];
+            // SAFETY: the device completed the request, so it is done with its buffer.
+            let _ = unsafe { buf.unmap(dma) };
+            let status = self.res.regions[region].read_u8(status_at(slot.buf));
+            check_status(kind, &slot, status)?;
+            if kind == Kind::Read
+                && status == S_OK
+                && u64::from(c.written_len) < u64::from(slot.len) + 1
+            {
+                return Err(format!(
+                    "read of {} bytes at offset {} completed with {} bytes written (data and \
+                     status need {})",
+                    slot.len,
+                    slot.offset,
+                    c.written_len,
+                    slot.len + 1
+                ));
+            }
+            self.counters.requests += 1;
+            if status == S_OK {
+                if kind.device_writes_data() {
+                    self.counters.bytes_from_device += u64::from(slot.len);
+                } else {
+                    self.counters.bytes_to_device += u64::from(slot.len);
+                }
+            }
+            done[slot.buf] = Some((slot, status));
+
+            // Hand over, in disk order, whatever is complete.
+            loop {
+                let next = done
+                    .iter()
+                    .position(|d| d.is_some_and(|(s, _)| s.seq == consumed));
+                let Some(i) = next else { break };
+                let (s, status) = done[i].take().expect("found above");
+                let data = if s.len > 0 {
+                    &self.res.bufs[self.pool[s.buf]].bytes()[..s.len as usize]
+                } else {
+                    &[][..]
+                };
+                consume(status, data);
+                free.push_back(i);
+                consumed += 1;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn take_slot(by_token: &mut [Option<Slot>], token: Token) -> Option<Slot> {
+    by_token.get_mut(token.index())?.take()
+}
+
+fn add_error(kind: Kind, slot: &Slot, e: AddError) -> String {
+    format!(
+        "{} of {} bytes at offset {}: the ring refused it: {e}",
+        kind.name(),
+        slot.len,
+        slot.offset
+    )
+}
+
+/// The status byte: OK goes on; IOERR and UNSUPP are device errors (get-id: no serial); anything
+/// else breaks the protocol.
+fn check_status(kind: Kind, slot: &Slot, status: u8) -> Result<(), String> {
+    let what = match kind {
+        Kind::Read | Kind::Write => format!(
+            "{} of {} bytes at offset {} (sector {})",
+            kind.name(),
+            slot.len,
+            slot.offset,
+            slot.offset / SECTOR
+        ),
+        _ => String::from(kind.name()),
+    };
+    match status {
+        S_OK => Ok(()),
+        S_IOERR | S_UNSUPP if kind == Kind::GetId => Ok(()),
+        S_IOERR => Err(format!("{what}: device returned VIRTIO_BLK_S_IOERR")),
+        S_UNSUPP => Err(format!("{what}: device returned VIRTIO_BLK_S_UNSUPP")),
+        S_UNWRITTEN => Err(format!("{what}: completed without writing the status byte")),
+        s => Err(format!("{what}: invalid status byte {s:#04x}")),
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests;
