@@ -24,7 +24,7 @@ CARGO_GUEST = cargo build --release --features guest --bin secure-guest --bin no
 
 IMAGES := build/secure-guest-ppc64le build/secure-guest-x86_64 build/noop-ppc64le build/noop-x86_64
 
-.PHONY: all setup images run noop test unit integration lint clean
+.PHONY: all setup images run noop test unit integration lint clean matrix
 
 all: images
 
@@ -52,6 +52,12 @@ noop: images
 	cargo run -q -p harness -- noop --arch $(ARCH) --machine $(MACHINE) \
 	  $(if $(filter pseries,$(MACHINE)),--firmware $(FIRMWARE)) \
 	  --accel $(ACCEL) --memory $(MEMORY) --smp $(SMP)
+
+# Every machine x firmware x virtio transport x ring, all devices in each run, the data checked on
+# the host; one verdict line per combination. MATRIX_ARGS: e.g. --filter q35 --jobs 2
+# --junit matrix.xml --all-slof (see `cargo run -p harness -- matrix --help`).
+matrix: images
+	cargo run -q -p harness -- matrix $(MATRIX_ARGS)
 
 # Host only: parsers, report writer, the harness against a fake QEMU. No images needed.
 unit: setup

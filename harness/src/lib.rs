@@ -12,11 +12,20 @@
 //! ```
 //!
 //! Modules: [`config`] (what to boot, the command line), [`run`] (running it), [`report`] (the
-//! record parser and typed views), [`kvm`] (whether `--accel auto` can use KVM). Matching
-//! console patterns and QMP clients belong in modules of their own next to these.
+//! record parser and typed views), [`kvm`] (whether `--accel auto` can use KVM). For virtio:
+//! [`devices`] (device specs to QEMU arguments per machine), [`echo`] (the net echo backend),
+//! [`oracle`] (host-side checks of the data the guest moved), [`qmp`] (a minimal QMP client),
+//! [`matrix`] (every machine × transport × ring, with all devices, in parallel).
 
 pub mod config;
+pub mod devices;
+pub mod echo;
+#[doc(hidden)]
+pub mod fake;
 pub mod kvm;
+pub mod matrix;
+pub mod oracle;
+pub mod qmp;
 pub mod report;
 pub mod run;
 

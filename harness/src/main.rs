@@ -5,17 +5,22 @@
 //! cargo run -p harness -- run --arch ppc64le --firmware slof --json
 //! cargo run -p harness -- noop --machine microvm
 //! cargo run -p harness -- qemu-cmdline --machine pseries -m 4G
+//! cargo run -p harness -- matrix --filter q35 --jobs 2 --junit matrix.xml
+//! cargo run -p harness -- pattern --seed 0x5347 --offset 1052672 --len 69632 --check disk0.img
+//! cargo run -p harness -- echo-server --port 5555
 //! ```
-//! Exit status: 0 for pass (for `noop`: QEMU powered off by itself), 1 for anything else (2 when
-//! the arguments do not parse).
+//! Exit status: 0 for pass (for `noop`: QEMU powered off by itself; for `matrix`: nothing
+//! failed; for `pattern --check`: the region holds the pattern), 1 for anything else (2 when the
+//! arguments do not parse).
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
-use harness::{Accel, Arch, Firmware, Machine, QemuConfig, RunResult, kvm};
+use harness::{Accel, Arch, Firmware, Machine, QemuConfig, RunResult, kvm, matrix};
 
 #[derive(Parser)]
 #[command(
@@ -50,6 +55,101 @@ enum Cmd {
     },
     /// Say whether KVM is usable here (what `--accel auto` decides on).
     Kvm,
+    /// Boot every machine x firmware x transport x ring with all virtio devices and check the
+    /// data on the host; one verdict line per combination.
+    Matrix(MatrixArgs),
+    /// Write the data pattern of docs/report.md (raw bytes), or check a file region holds it.
+    Pattern {
+        /// Seed (decimal or 0x hex).
+        #[arg(long, value_parser = parse_number)]
+        seed: u64,
+        /// Absolute (disk) offset of the first byte.
+        #[arg(long, value_parser = parse_number, default_value = "0")]
+        offset: u64,
+        /// Number of bytes (suffixes K, M, G: binary units).
+        #[arg(long, value_parser = parse_number)]
+        len: u64,
+        /// Write the bytes to this file instead of stdout (the file holds only them).
+        #[arg(long, conflicts_with = "check")]
+        out: Option<PathBuf>,
+        /// Check that bytes OFFSET..OFFSET+LEN of this file (a disk image) hold the pattern.
+        #[arg(long)]
+        check: Option<PathBuf>,
+    },
+    /// A model of QEMU running a correct guest, for the harness's own tests.
+    #[command(hide = true)]
+    FakeQemu {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Run the net echo backend on 127.0.0.1 in the foreground (for a matrix cell's command.sh).
+    EchoServer {
+        /// TCP port (0: any; the port is printed).
+        #[arg(long, default_value_t = 0)]
+        port: u16,
+        /// Stop after this many seconds.
+        #[arg(long, default_value_t = 600.0)]
+        timeout: f64,
+    },
+}
+
+#[derive(Args)]
+struct MatrixArgs {
+    /// Run only cells whose name (`q35/pci-modern/packed`) contains this; repeat to narrow.
+    #[arg(long)]
+    filter: Vec<String>,
+    /// Also write the results as JUnit XML here.
+    #[arg(long)]
+    junit: Option<PathBuf>,
+    /// QEMUs at once [default: the number of CPUs].
+    #[arg(long)]
+    jobs: Option<usize>,
+    /// tcg, kvm or auto [default: $ACCEL, else tcg].
+    #[arg(long)]
+    accel: Option<Accel>,
+    /// Run all four SLOF cells (~5 s each), not only two.
+    #[arg(long)]
+    all_slof: bool,
+    /// Per-run timeout in seconds [default: 60 for SLOF, 30 otherwise].
+    #[arg(long)]
+    timeout: Option<f64>,
+    /// Keep each cell's files here, in a directory per cell (disk images only when it failed)
+    /// [default: target/sg-matrix in the workspace].
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Use temporary directories instead of --out.
+    #[arg(long)]
+    no_keep: bool,
+    /// Guest image [default: build/secure-guest-<arch>].
+    #[arg(long)]
+    kernel: Option<PathBuf>,
+    /// Print the cells and exit.
+    #[arg(long)]
+    list: bool,
+    /// After the table, print everything about each cell that did not pass.
+    #[arg(long, short)]
+    verbose: bool,
+}
+
+/// `4096`, `0x1000`, `64K`, `4M`, `1G`.
+fn parse_number(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (digits, shift) = match t.char_indices().last() {
+        Some((i, 'k' | 'K')) => (&t[..i], 10),
+        Some((i, 'm' | 'M')) => (&t[..i], 20),
+        Some((i, 'g' | 'G')) if !t.starts_with("0x") => (&t[..i], 30),
+        _ => (t, 0),
+    };
+    let n = match digits
+        .strip_prefix("0x")
+        .or_else(|| digits.strip_prefix("0X"))
+    {
+        Some(h) => u64::from_str_radix(h, 16),
+        None => digits.parse::<u64>(),
+    }
+    .map_err(|_| format!("{s:?} is not a number (decimal, 0x hex, optional K/M/G)"))?;
+    n.checked_mul(1 << shift)
+        .ok_or_else(|| format!("{s:?} is too large"))
 }
 
 #[derive(Args)]
@@ -189,6 +289,16 @@ fn real_main(cli: Cli) -> Result<bool> {
             println!("{}", boot.config("secure-guest")?.reproduce());
             Ok(true)
         }
+        Cmd::Matrix(m) => run_matrix(m),
+        Cmd::Pattern {
+            seed,
+            offset,
+            len,
+            out,
+            check,
+        } => pattern(seed, offset, len, out, check),
+        Cmd::EchoServer { port, timeout } => echo_server(port, timeout),
+        Cmd::FakeQemu { args } => std::process::exit(harness::fake::run(&args)?),
         Cmd::Kvm => match kvm::probe() {
             kvm::Probe::Usable => {
                 println!("kvm: usable");
@@ -229,6 +339,171 @@ fn print_outcome(r: &RunResult, what: &str, good: bool) {
         if !r.stderr.trim().is_empty() {
             println!("--- QEMU stderr ---");
             print!("{}", r.stderr);
+        }
+    }
+}
+
+fn run_matrix(m: MatrixArgs) -> Result<bool> {
+    let planned = matrix::filter(matrix::plan(m.all_slof), &m.filter);
+    if planned.is_empty() {
+        bail!("no cell matches {:?} (see --list)", m.filter);
+    }
+    if m.list {
+        for p in &planned {
+            match &p.skip {
+                None => println!("{}", p.cell),
+                Some(why) => println!("{}  (skip: {why})", p.cell),
+            }
+        }
+        return Ok(true);
+    }
+    let jobs = m
+        .jobs
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .max(1);
+    if let Some(t) = m.timeout
+        && !(t.is_finite() && t > 0.0)
+    {
+        bail!("--timeout must be a positive number of seconds");
+    }
+    let opts = matrix::RunOptions {
+        accel: m.accel,
+        timeout: m.timeout.map(Duration::from_secs_f64),
+        out_dir: (!m.no_keep).then(|| match &m.out {
+            Some(o) => harness::config::absolute(o),
+            None => harness::workspace_root().join("target").join("sg-matrix"),
+        }),
+        kernel: m.kernel.clone(),
+        qemu: None,
+    };
+    let width = planned
+        .iter()
+        .map(|p| p.cell.name().len())
+        .max()
+        .unwrap_or(0);
+    let running = planned.iter().filter(|p| p.skip.is_none()).count();
+    eprintln!(
+        "matrix: {running} runs ({} skipped), {jobs} at a time{}",
+        planned.len() - running,
+        opts.out_dir
+            .as_ref()
+            .map_or(String::new(), |d| format!(", files in {}", d.display()))
+    );
+    let started = Instant::now();
+    // Progress on stderr as cells finish; the table in plan order on stdout at the end.
+    let progress = |r: &matrix::CellResult| {
+        if r.verdict != matrix::CellVerdict::Skip {
+            eprintln!("{}", matrix::table_line(r, width));
+        }
+    };
+    let results = matrix::run_matrix(
+        &planned,
+        &|c: &matrix::Cell| matrix::standard_expected(c.transport, c.ring),
+        &opts,
+        jobs,
+        &progress,
+    );
+    let total = started.elapsed();
+    print!("{}", matrix::table(&results));
+    if m.verbose {
+        for r in results.iter().filter(|r| r.verdict.is_failure()) {
+            println!("\n{r}");
+        }
+    }
+    println!("{}", matrix::summary(&results, total, jobs));
+    if let Some(j) = &m.junit {
+        matrix::write_junit(j, &results, total)?;
+    }
+    Ok(!results.iter().any(|r| r.verdict.is_failure()))
+}
+
+fn pattern(
+    seed: u64,
+    offset: u64,
+    len: u64,
+    out: Option<PathBuf>,
+    check: Option<PathBuf>,
+) -> Result<bool> {
+    offset
+        .checked_add(len)
+        .context("--offset + --len overflows")?;
+    if let Some(file) = check {
+        return match harness::oracle::check_file_region(&file, seed, offset, len) {
+            Ok(()) => {
+                println!(
+                    "{}: bytes {offset}..{} hold the pattern of seed {seed:#x}",
+                    file.display(),
+                    offset + len
+                );
+                Ok(true)
+            }
+            Err(e) => {
+                println!("{e:#}");
+                Ok(false)
+            }
+        };
+    }
+    let mut sink: Box<dyn Write> = match &out {
+        Some(p) => Box::new(std::io::BufWriter::new(
+            std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?,
+        )),
+        None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
+    };
+    let mut buf = vec![0u8; 1 << 16];
+    let mut at = offset;
+    while at < offset + len {
+        let n = ((offset + len - at) as usize).min(buf.len());
+        harness::oracle::fill_pattern(seed, at, &mut buf[..n]);
+        sink.write_all(&buf[..n]).context("writing the pattern")?;
+        at += n as u64;
+    }
+    sink.flush().context("writing the pattern")?;
+    Ok(true)
+}
+
+fn echo_server(port: u16, timeout: f64) -> Result<bool> {
+    if !(timeout.is_finite() && timeout > 0.0) {
+        bail!("--timeout must be a positive number of seconds");
+    }
+    let b = harness::echo::EchoBackend::start_on(port).context("starting the echo backend")?;
+    println!("echo backend on 127.0.0.1:{}", b.port());
+    let deadline = Instant::now() + Duration::from_secs_f64(timeout);
+    let mut last = b.stats();
+    while Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+        let s = b.stats();
+        if s != last {
+            println!(
+                "connections {} frames {} well-formed {} echoed {}{}",
+                s.connections,
+                s.frames_seen,
+                s.frames_well_formed,
+                s.frames_echoed,
+                s.problems
+                    .last()
+                    .map_or(String::new(), |p| format!(" (last problem: {p})"))
+            );
+            last = s;
+        }
+    }
+    let s = b.stop();
+    Ok(s.problems.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_number;
+
+    #[test]
+    fn numbers() {
+        assert_eq!(parse_number("4096"), Ok(4096));
+        assert_eq!(parse_number("0x5347"), Ok(0x5347));
+        assert_eq!(parse_number("0xff"), Ok(255));
+        assert_eq!(parse_number("64K"), Ok(65536));
+        assert_eq!(parse_number("4M"), Ok(4 << 20));
+        assert_eq!(parse_number("1G"), Ok(1 << 30));
+        for bad in ["", "x", "-1", "1.5", "0xg", "99999999999999G"] {
+            assert!(parse_number(bad).is_err(), "{bad}");
         }
     }
 }

@@ -77,6 +77,17 @@ impl Record {
             "exception" => &["vector", "name", "pc"],
             "panic" => &["message", "file", "line"],
             "end" => &["verdict", "errors", "warnings", "entry_to_end_us"],
+            "virtio" => &[
+                "device",
+                "transport",
+                "location",
+                "result",
+                "error",
+                "requests",
+                "bytes_to_device",
+                "bytes_from_device",
+                "dma",
+            ],
             // Unknown events: every field, in the order the guest wrote them (serde_json's
             // `preserve_order`).
             _ => &[],
@@ -343,6 +354,7 @@ fn check_view(r: &Record) -> Result<(), String> {
         Exception::NAME => fits::<Exception>(r),
         Panic::NAME => fits::<Panic>(r),
         End::NAME => fits::<End>(r),
+        Virtio::NAME => check_virtio(r),
         // New events are compatible: readers ignore what they do not know.
         _ => Ok(()),
     }
@@ -519,6 +531,177 @@ pub struct Devtree {
 }
 impl Event for Devtree {
     const NAME: &'static str = "devtree";
+}
+
+/// `virtio.result`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceResult {
+    Ok,
+    /// The device misbehaved or failed; `error` says how. Counts in `end.errors`.
+    Error,
+    /// Nothing was asked of the device.
+    Skipped,
+}
+
+impl DeviceResult {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeviceResult::Ok => "ok",
+            DeviceResult::Error => "error",
+            DeviceResult::Skipped => "skipped",
+        }
+    }
+}
+
+/// `virtio.queues[].ring`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RingKind {
+    Split,
+    Packed,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+pub struct AccessPlatform {
+    pub offered: bool,
+    pub accepted: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+pub struct VirtQueue {
+    pub index: u32,
+    pub size: u32,
+    pub ring: RingKind,
+    pub indirect: bool,
+    pub event_idx: bool,
+}
+
+/// `virtio`: one per virtio device found, the fields every device has. The device-specific
+/// fields have views of their own over the same record: [`VirtioBlk`], [`VirtioNet`],
+/// [`VirtioConsole`], [`VirtioRng`].
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+pub struct Virtio {
+    /// `blk`, `net`, `console`, `rng`, or `type-N`.
+    pub device: String,
+    pub device_id: u32,
+    /// `virtio-mmio-v1`, `virtio-mmio-v2`, `virtio-pci-modern`, `virtio-pci-legacy`.
+    pub transport: String,
+    /// Device-tree path or PCI address.
+    pub location: String,
+    pub features_offered: Hex,
+    pub features_accepted: Hex,
+    pub features_offered_names: Vec<String>,
+    pub features_accepted_names: Vec<String>,
+    pub access_platform: AccessPlatform,
+    pub queues: Vec<VirtQueue>,
+    /// `direct`, later `bounce`, `iommu`, `iommu+bounce`.
+    pub dma: String,
+    pub requests: u64,
+    pub bytes_to_device: u64,
+    pub bytes_from_device: u64,
+    pub notifications: u64,
+    pub result: DeviceResult,
+    /// Present when `result` is `error` (checked by the report parser).
+    #[serde(default)]
+    pub error: Option<String>,
+}
+impl Event for Virtio {
+    const NAME: &'static str = "virtio";
+}
+
+/// `virtio.write` of a blk device: what `sg.blk.write` asked for and the CRC32C of the data.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+pub struct BlkWrite {
+    pub offset: u64,
+    pub len: u64,
+    pub seed: Hex,
+    pub crc32c: Hex,
+}
+
+/// The blk fields of a `virtio` record (`device` = `blk`).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+pub struct VirtioBlk {
+    pub capacity: u64,
+    pub block_size: u32,
+    #[serde(deserialize_with = "nullable")]
+    pub serial: Option<String>,
+    pub read_bytes: u64,
+    pub read_crc32c: Hex,
+    #[serde(deserialize_with = "nullable")]
+    pub write: Option<BlkWrite>,
+    pub flushed: bool,
+}
+impl Event for VirtioBlk {
+    const NAME: &'static str = "virtio";
+}
+
+/// The net fields of a `virtio` record (`device` = `net`).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+pub struct VirtioNet {
+    pub mac: String,
+    pub frames_sent: u64,
+    pub frames_received: u64,
+    pub frames_verified: u64,
+}
+impl Event for VirtioNet {
+    const NAME: &'static str = "virtio";
+}
+
+/// The console fields of a `virtio` record (`device` = `console`).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+pub struct VirtioConsole {
+    pub written_bytes: u64,
+    pub written_crc32c: Hex,
+    pub read_bytes: u64,
+    pub read_crc32c: Hex,
+    /// Only when what was read is printable and at most 256 bytes; absent or `null` otherwise.
+    #[serde(default)]
+    pub read_text: Option<String>,
+}
+impl Event for VirtioConsole {
+    const NAME: &'static str = "virtio";
+}
+
+/// The rng fields of a `virtio` record (`device` = `rng`).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+pub struct VirtioRng {
+    pub entropy_bytes: u64,
+}
+impl Event for VirtioRng {
+    const NAME: &'static str = "virtio";
+}
+
+/// A `virtio` record's common fields plus, when `result` is `ok`, its device's own: a device
+/// that failed may not know its capacity or MAC, so only a working one must report them. A
+/// `type-N` device has no fields of its own.
+fn check_virtio(r: &Record) -> Result<(), String> {
+    fn fits<T: Event>(r: &Record) -> Result<(), String> {
+        r.view::<T>().map(drop)
+    }
+    let v: Virtio = r.view()?;
+    if v.result == DeviceResult::Error && v.error.is_none() {
+        return Err("`result` is `error` but there is no `error` string".into());
+    }
+    if v.result != DeviceResult::Ok {
+        return Ok(());
+    }
+    let specific = match v.device.as_str() {
+        "blk" => fits::<VirtioBlk>(r),
+        "net" => fits::<VirtioNet>(r),
+        "console" => fits::<VirtioConsole>(r),
+        "rng" => fits::<VirtioRng>(r),
+        d if d
+            .strip_prefix("type-")
+            .is_some_and(|n| n.parse::<u32>().is_ok()) =>
+        {
+            Ok(())
+        }
+        d => Err(format!(
+            "unknown `device` {d:?} (blk, net, console, rng, type-N)"
+        )),
+    };
+    specific.map_err(|e| format!("{} fields: {e}", v.device))
 }
 
 /// `error`: something went wrong but the guest could say so; the verdict is `fail`.
@@ -885,6 +1068,62 @@ mod tests {
         assert_eq!(Verdict::Pass.debug_exit_status(), 1);
         assert_eq!(Verdict::Fail.debug_exit_status(), 3);
         assert_eq!(Verdict::Reject.debug_exit_status(), 5);
+    }
+
+    const VIRTIO_RNG: &str = r#"@sg {"event":"virtio","v":1,"t_us":5,"device":"rng","device_id":4,"transport":"virtio-pci-modern","location":"00:05.0","features_offered":"0x100000000","features_accepted":"0x100000000","features_offered_names":["VERSION_1"],"features_accepted_names":["VERSION_1"],"access_platform":{"offered":false,"accepted":false},"queues":[{"index":0,"size":256,"ring":"split","indirect":false,"event_idx":false}],"dma":"direct","requests":1,"bytes_to_device":0,"bytes_from_device":64,"notifications":1,"result":"ok","entropy_bytes":64}"#;
+
+    #[test]
+    fn virtio_records() {
+        let r = parse(&[BOOT, VIRTIO_RNG, END_PASS]);
+        assert_eq!(r.errors, vec![]);
+        let v: Virtio = r.first().unwrap();
+        assert_eq!(v.device, "rng");
+        assert_eq!(v.features_offered, Hex(1 << 32));
+        assert_eq!(v.queues[0].ring, RingKind::Split);
+        assert_eq!(v.result, DeviceResult::Ok);
+        let rng: VirtioRng = r.first().unwrap();
+        assert_eq!(rng.entropy_bytes, 64);
+        assert!(r.records[1].summary().contains("device=rng"));
+
+        let bad = |from: &str, to: &str| {
+            let line = VIRTIO_RNG.replace(from, to);
+            assert_ne!(line, VIRTIO_RNG, "{from}");
+            parse(&[BOOT, &line, END_PASS]).errors
+        };
+        // A working device must report its own fields; the common ones always.
+        let e = bad(r#","entropy_bytes":64"#, "");
+        assert!(e[0].message.contains("rng fields"), "{e:?}");
+        let e = bad(r#""dma":"direct","#, "");
+        assert!(e[0].message.contains("dma"), "{e:?}");
+        let e = bad(r#""ring":"split""#, r#""ring":"ring""#);
+        assert_eq!(e.len(), 1, "{e:?}");
+        let e = bad(r#""device":"rng""#, r#""device":"gpu""#);
+        assert!(e[0].message.contains("unknown `device`"), "{e:?}");
+        // An error needs its `error`; a failed or skipped device need not know its own fields.
+        let e = bad(r#""result":"ok","entropy_bytes":64"#, r#""result":"error""#);
+        assert!(e[0].message.contains("no `error` string"), "{e:?}");
+        assert_eq!(
+            bad(
+                r#""result":"ok","entropy_bytes":64"#,
+                r#""result":"error","error":"timeout after 5000 ms""#
+            ),
+            vec![]
+        );
+        assert_eq!(
+            bad(
+                r#""result":"ok","entropy_bytes":64"#,
+                r#""result":"skipped""#
+            ),
+            vec![]
+        );
+        // A device the guest does not drive.
+        assert_eq!(
+            bad(
+                r#""device":"rng","device_id":4"#,
+                r#""device":"type-9","device_id":9"#
+            ),
+            vec![]
+        );
     }
 
     #[test]

@@ -233,6 +233,13 @@ impl Running {
         self.child.as_ref().map_or(0, Child::id)
     }
 
+    /// Whether QEMU has exited already (its status is kept for [`Running::wait`]).
+    pub fn exited(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_none_or(|c| matches!(c.try_wait(), Ok(Some(_)) | Err(_)))
+    }
+
     /// Waits for QEMU to exit, killing it at the config's timeout (counted from the spawn), then
     /// reads the console and decides the outcome.
     pub fn wait(mut self) -> Result<RunResult> {
