@@ -15,7 +15,7 @@ use alloc::vec::Vec;
 use super::barrier;
 use super::queue::{
     AddError, Completion, InFlight, MAX_QUEUE_SIZE, QueueConfig, QueueError, RingError, Segment,
-    Token, build_indirect_table, check_segments,
+    PlannedRequest, Token, plan_request,
 };
 use super::split::need_event;
 use super::transport::QueueAddresses;
@@ -172,35 +172,20 @@ impl<'d> PackedQueue<'d> {
     }
 
     pub fn add(&mut self, segments: &[Segment]) -> Result<Token, AddError> {
-        if let Some(e) = self.broken {
-            return Err(AddError::Broken(e));
-        }
-        let capacity = check_segments(segments, self.config.size)?;
-        let mut table = None;
-        if self.config.indirect && segments.len() > 1 {
-            if self.free_descs == 0 {
-                return Err(AddError::Full { needed: 1, free: 0 });
-            }
-            match build_indirect_table(self.dma, &self.table_constraints, segments, write_indirect)
-            {
-                Ok(t) => table = Some(t),
-                Err(e) if segments.len() > usize::from(self.free_descs) => {
-                    return Err(AddError::Dma(e));
-                }
-                Err(_) => {}
-            }
-        }
-        let needed = if table.is_some() {
-            1
-        } else {
-            segments.len() as u16
-        };
-        if needed > self.free_descs {
-            return Err(AddError::Full {
-                needed,
-                free: self.free_descs,
-            });
-        }
+        let PlannedRequest {
+            capacity,
+            table,
+            needed,
+        } = plan_request(
+            self.broken,
+            self.dma,
+            &self.table_constraints,
+            segments,
+            self.config.size,
+            self.config.indirect,
+            self.free_descs,
+            write_indirect,
+        )?;
         // Each outstanding request holds at least one slot, so a free slot means a free id.
         let Some(id) = self.free_ids.pop_front() else {
             return Err(AddError::Full { needed, free: 0 });

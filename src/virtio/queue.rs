@@ -315,6 +315,54 @@ pub(crate) struct InFlight {
 }
 
 /// Allocates and fills an indirect table; `write` stores descriptor `i` at byte offset `16 * i`.
+/// What a new request needs, decided the same way for both ring formats: the chain's
+/// device-writable capacity, the indirect table it goes through (when indirect descriptors were
+/// negotiated, the chain is longer than one, and a table could be allocated), and how many ring
+/// slots it takes. Fails when the queue is broken, the segments are malformed, or the ring has
+/// fewer than `needed` free slots (`AddError::Full`, transient).
+pub(crate) struct PlannedRequest {
+    pub capacity: u64,
+    pub table: Option<SharedRegion>,
+    pub needed: u16,
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn plan_request(
+    broken: Option<RingError>,
+    dma: &dyn Dma,
+    table_constraints: &DmaConstraints,
+    segments: &[Segment],
+    size: u16,
+    indirect: bool,
+    free: u16,
+    write_entry: impl Fn(&SharedRegion, usize, &Segment),
+) -> Result<PlannedRequest, AddError> {
+    if let Some(e) = broken {
+        return Err(AddError::Broken(e));
+    }
+    let capacity = check_segments(segments, size)?;
+    let mut table = None;
+    if indirect && segments.len() > 1 {
+        if free == 0 {
+            return Err(AddError::Full { needed: 1, free: 0 });
+        }
+        match build_indirect_table(dma, table_constraints, segments, write_entry) {
+            Ok(t) => table = Some(t),
+            // Without a table the request may still fit as a plain chain.
+            Err(e) if segments.len() > usize::from(free) => return Err(AddError::Dma(e)),
+            Err(_) => {}
+        }
+    }
+    // `check_segments` bounded the count by the queue size, which fits in u16.
+    let needed = if table.is_some() { 1 } else { segments.len() as u16 };
+    // With a table `needed` is 1 and `free` was checked above, so only a plain chain can fail
+    // here, and no table is lost.
+    if needed > free {
+        return Err(AddError::Full { needed, free });
+    }
+    Ok(PlannedRequest { capacity, table, needed })
+}
+
 pub(crate) fn build_indirect_table(
     dma: &dyn Dma,
     constraints: &DmaConstraints,

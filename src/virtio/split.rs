@@ -15,7 +15,7 @@ use alloc::vec::Vec;
 use super::barrier;
 use super::queue::{
     AddError, Completion, InFlight, MAX_QUEUE_SIZE, QueueConfig, QueueError, RingError, Segment,
-    Token, build_indirect_table, check_segments,
+    PlannedRequest, Token, plan_request,
 };
 use super::transport::{LegacyLayout, QueueAddresses};
 use crate::dma::{DeviceAddr, Dma, DmaConstraints, DmaError, SharedRegion};
@@ -225,37 +225,20 @@ impl<'d> SplitQueue<'d> {
     }
 
     pub fn add(&mut self, segments: &[Segment]) -> Result<Token, AddError> {
-        if let Some(e) = self.broken {
-            return Err(AddError::Broken(e));
-        }
-        let capacity = check_segments(segments, self.config.size)?;
-        let mut table = None;
-        if self.config.indirect && segments.len() > 1 {
-            if self.free_count == 0 {
-                return Err(AddError::Full { needed: 1, free: 0 });
-            }
-            match build_indirect_table(self.dma, &self.table_constraints, segments, write_indirect)
-            {
-                Ok(t) => table = Some(t),
-                // Without a table the request may still fit as a plain chain.
-                Err(e) if segments.len() > usize::from(self.free_count) => {
-                    return Err(AddError::Dma(e));
-                }
-                Err(_) => {}
-            }
-        }
-        // `check_segments` bounded the count by the queue size, which fits in u16.
-        let needed = if table.is_some() {
-            1
-        } else {
-            segments.len() as u16
-        };
-        if needed > self.free_count {
-            return Err(AddError::Full {
-                needed,
-                free: self.free_count,
-            });
-        }
+        let PlannedRequest {
+            capacity,
+            table,
+            needed,
+        } = plan_request(
+            self.broken,
+            self.dma,
+            &self.table_constraints,
+            segments,
+            self.config.size,
+            self.config.indirect,
+            self.free_count,
+            write_indirect,
+        )?;
 
         let head = self.free_head;
         let mut index = head;
