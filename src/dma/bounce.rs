@@ -35,6 +35,7 @@ use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use super::pool::{PoolConfig, PoolStats, SlotPool};
 use super::{
+    DmaCounters,
     DeviceAddr, Direction, Dma, DmaConstraints, DmaError, DmaStats, Mapping, SharedRegion,
     check_sync_range,
 };
@@ -115,17 +116,7 @@ pub struct Bounce<'p> {
     cpu: NonNull<u8>,
     pool: spin::Mutex<SlotPool>,
     skip_zeroing: AtomicBool,
-    maps: AtomicU64,
-    unmaps: AtomicU64,
-    mapped_bytes: AtomicU64,
-    map_failures: AtomicU64,
-    bounced_to_device: AtomicU64,
-    bounced_from_device: AtomicU64,
-    syncs: AtomicU64,
-    shared_allocs: AtomicU64,
-    shared_frees: AtomicU64,
-    shared_bytes: AtomicU64,
-    shared_failures: AtomicU64,
+    counters: DmaCounters,
     zeroed_bytes: AtomicU64,
     unzeroed_releases: AtomicU64,
 }
@@ -264,17 +255,7 @@ impl<'p> Bounce<'p> {
             cpu,
             pool: spin::Mutex::new(pool),
             skip_zeroing: AtomicBool::new(false),
-            maps: AtomicU64::new(0),
-            unmaps: AtomicU64::new(0),
-            mapped_bytes: AtomicU64::new(0),
-            map_failures: AtomicU64::new(0),
-            bounced_to_device: AtomicU64::new(0),
-            bounced_from_device: AtomicU64::new(0),
-            syncs: AtomicU64::new(0),
-            shared_allocs: AtomicU64::new(0),
-            shared_frees: AtomicU64::new(0),
-            shared_bytes: AtomicU64::new(0),
-            shared_failures: AtomicU64::new(0),
+            counters: DmaCounters::new(),
             zeroed_bytes: AtomicU64::new(0),
             unzeroed_releases: AtomicU64::new(0),
         })
@@ -373,8 +354,7 @@ impl<'p> Bounce<'p> {
         if direction.device_reads() {
             // SAFETY: the buffer is readable for `len` bytes (map's contract); the slots are ours.
             unsafe { copy_to_shared(slot, cpu.as_ptr(), len) };
-            self.bounced_to_device
-                .fetch_add(len as u64, Ordering::Relaxed);
+            self.counters.bounced_to_device.fetch_add(len as u64, Ordering::Relaxed);
         }
         // SAFETY: the buffer and its contract are the caller's; the device reaches the copy at
         // the slot's device address.
@@ -432,11 +412,11 @@ impl Dma for Bounce<'_> {
         })();
         match &r {
             Ok(_) => {
-                self.shared_allocs.fetch_add(1, Ordering::Relaxed);
-                self.shared_bytes.fetch_add(size as u64, Ordering::Relaxed);
+                self.counters.shared_allocs.fetch_add(1, Ordering::Relaxed);
+                self.counters.shared_bytes.fetch_add(size as u64, Ordering::Relaxed);
             }
             Err(_) => {
-                self.shared_failures.fetch_add(1, Ordering::Relaxed);
+                self.counters.shared_failures.fetch_add(1, Ordering::Relaxed);
             }
         }
         r
@@ -449,9 +429,8 @@ impl Dma for Bounce<'_> {
             return Err(DmaError::UnknownHandle);
         }
         self.release_slots(addr, region.len())?;
-        self.shared_frees.fetch_add(1, Ordering::Relaxed);
-        self.shared_bytes
-            .fetch_sub(region.len() as u64, Ordering::Relaxed);
+        self.counters.shared_frees.fetch_add(1, Ordering::Relaxed);
+        self.counters.shared_bytes.fetch_sub(region.len() as u64, Ordering::Relaxed);
         Ok(())
     }
 
@@ -463,13 +442,12 @@ impl Dma for Bounce<'_> {
     ) -> Result<Mapping, DmaError> {
         match self.try_map(buffer, direction, constraints) {
             Ok(m) => {
-                self.maps.fetch_add(1, Ordering::Relaxed);
-                self.mapped_bytes
-                    .fetch_add(m.len() as u64, Ordering::Relaxed);
+                self.counters.maps.fetch_add(1, Ordering::Relaxed);
+                self.counters.mapped_bytes.fetch_add(m.len() as u64, Ordering::Relaxed);
                 Ok(m)
             }
             Err(e) => {
-                self.map_failures.fetch_add(1, Ordering::Relaxed);
+                self.counters.map_failures.fetch_add(1, Ordering::Relaxed);
                 Err(e)
             }
         }
@@ -483,11 +461,10 @@ impl Dma for Bounce<'_> {
             // SAFETY: the buffer is writable for `len` bytes until unmap returns (map's
             // contract); the slots are this mapping's.
             unsafe { copy_from_shared(mapping.cpu_ptr().as_ptr(), self.cpu_at(addr), len) };
-            self.bounced_from_device
-                .fetch_add(len as u64, Ordering::Relaxed);
+            self.counters.bounced_from_device.fetch_add(len as u64, Ordering::Relaxed);
         }
         self.release_slots(addr, len)?;
-        self.unmaps.fetch_add(1, Ordering::Relaxed);
+        self.counters.unmaps.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
@@ -509,10 +486,9 @@ impl Dma for Bounce<'_> {
                     len,
                 )
             };
-            self.bounced_from_device
-                .fetch_add(len as u64, Ordering::Relaxed);
+            self.counters.bounced_from_device.fetch_add(len as u64, Ordering::Relaxed);
         }
-        self.syncs.fetch_add(1, Ordering::Relaxed);
+        self.counters.syncs.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
@@ -534,27 +510,14 @@ impl Dma for Bounce<'_> {
                     len,
                 )
             };
-            self.bounced_to_device
-                .fetch_add(len as u64, Ordering::Relaxed);
+            self.counters.bounced_to_device.fetch_add(len as u64, Ordering::Relaxed);
         }
-        self.syncs.fetch_add(1, Ordering::Relaxed);
+        self.counters.syncs.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
     fn stats(&self) -> DmaStats {
-        DmaStats {
-            maps: self.maps.load(Ordering::Relaxed),
-            unmaps: self.unmaps.load(Ordering::Relaxed),
-            mapped_bytes: self.mapped_bytes.load(Ordering::Relaxed),
-            map_failures: self.map_failures.load(Ordering::Relaxed),
-            bounced_to_device: self.bounced_to_device.load(Ordering::Relaxed),
-            bounced_from_device: self.bounced_from_device.load(Ordering::Relaxed),
-            syncs: self.syncs.load(Ordering::Relaxed),
-            shared_allocs: self.shared_allocs.load(Ordering::Relaxed),
-            shared_frees: self.shared_frees.load(Ordering::Relaxed),
-            shared_bytes: self.shared_bytes.load(Ordering::Relaxed),
-            shared_failures: self.shared_failures.load(Ordering::Relaxed),
-        }
+        self.counters.snapshot()
     }
 }
 

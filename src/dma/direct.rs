@@ -9,9 +9,10 @@
 
 use core::alloc::Layout;
 use core::ptr::NonNull;
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::Ordering;
 
 use super::{
+    DmaCounters,
     DeviceAddr, Direction, Dma, DmaConstraints, DmaError, DmaStats, Mapping, SharedRegion,
     check_sync_range,
 };
@@ -19,29 +20,13 @@ use super::{
 /// The direct path. `const`-constructible so that it can be a `static`.
 #[derive(Debug, Default)]
 pub struct Direct {
-    maps: AtomicU64,
-    unmaps: AtomicU64,
-    mapped_bytes: AtomicU64,
-    map_failures: AtomicU64,
-    syncs: AtomicU64,
-    shared_allocs: AtomicU64,
-    shared_frees: AtomicU64,
-    shared_bytes: AtomicU64,
-    shared_failures: AtomicU64,
+    counters: DmaCounters,
 }
 
 impl Direct {
     pub const fn new() -> Self {
         Direct {
-            maps: AtomicU64::new(0),
-            unmaps: AtomicU64::new(0),
-            mapped_bytes: AtomicU64::new(0),
-            map_failures: AtomicU64::new(0),
-            syncs: AtomicU64::new(0),
-            shared_allocs: AtomicU64::new(0),
-            shared_frees: AtomicU64::new(0),
-            shared_bytes: AtomicU64::new(0),
-            shared_failures: AtomicU64::new(0),
+            counters: DmaCounters::new(),
         }
     }
 
@@ -100,12 +85,12 @@ impl Dma for Direct {
     ) -> Result<SharedRegion, DmaError> {
         match Self::try_alloc_shared(size, align, constraints) {
             Ok(region) => {
-                self.shared_allocs.fetch_add(1, Ordering::Relaxed);
-                self.shared_bytes.fetch_add(size as u64, Ordering::Relaxed);
+                self.counters.shared_allocs.fetch_add(1, Ordering::Relaxed);
+                self.counters.shared_bytes.fetch_add(size as u64, Ordering::Relaxed);
                 Ok(region)
             }
             Err(e) => {
-                self.shared_failures.fetch_add(1, Ordering::Relaxed);
+                self.counters.shared_failures.fetch_add(1, Ordering::Relaxed);
                 Err(e)
             }
         }
@@ -117,9 +102,8 @@ impl Dma for Direct {
         // SAFETY: the region came from `alloc_shared` with exactly this layout (caller contract)
         // and the device no longer uses it.
         unsafe { alloc::alloc::dealloc(region.cpu_ptr().as_ptr(), layout) };
-        self.shared_frees.fetch_add(1, Ordering::Relaxed);
-        self.shared_bytes
-            .fetch_sub(region.len() as u64, Ordering::Relaxed);
+        self.counters.shared_frees.fetch_add(1, Ordering::Relaxed);
+        self.counters.shared_bytes.fetch_sub(region.len() as u64, Ordering::Relaxed);
         Ok(())
     }
 
@@ -133,18 +117,18 @@ impl Dma for Direct {
         let len = buffer.len();
         let device_addr = Self::device_addr_of(cpu.as_ptr());
         if let Err(e) = constraints.check(device_addr, len) {
-            self.map_failures.fetch_add(1, Ordering::Relaxed);
+            self.counters.map_failures.fetch_add(1, Ordering::Relaxed);
             return Err(e);
         }
-        self.maps.fetch_add(1, Ordering::Relaxed);
-        self.mapped_bytes.fetch_add(len as u64, Ordering::Relaxed);
+        self.counters.maps.fetch_add(1, Ordering::Relaxed);
+        self.counters.mapped_bytes.fetch_add(len as u64, Ordering::Relaxed);
         // SAFETY: the buffer and its contract are the caller's; the device reaches it at its
         // physical address.
         Ok(unsafe { Mapping::new(device_addr, cpu, len, direction, 0) })
     }
 
     unsafe fn unmap(&self, _mapping: Mapping) -> Result<(), DmaError> {
-        self.unmaps.fetch_add(1, Ordering::Relaxed);
+        self.counters.unmaps.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
@@ -155,7 +139,7 @@ impl Dma for Direct {
         len: usize,
     ) -> Result<(), DmaError> {
         check_sync_range(mapping, offset, len)?;
-        self.syncs.fetch_add(1, Ordering::Relaxed);
+        self.counters.syncs.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
@@ -166,23 +150,11 @@ impl Dma for Direct {
         len: usize,
     ) -> Result<(), DmaError> {
         check_sync_range(mapping, offset, len)?;
-        self.syncs.fetch_add(1, Ordering::Relaxed);
+        self.counters.syncs.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
     fn stats(&self) -> DmaStats {
-        DmaStats {
-            maps: self.maps.load(Ordering::Relaxed),
-            unmaps: self.unmaps.load(Ordering::Relaxed),
-            mapped_bytes: self.mapped_bytes.load(Ordering::Relaxed),
-            map_failures: self.map_failures.load(Ordering::Relaxed),
-            bounced_to_device: 0,
-            bounced_from_device: 0,
-            syncs: self.syncs.load(Ordering::Relaxed),
-            shared_allocs: self.shared_allocs.load(Ordering::Relaxed),
-            shared_frees: self.shared_frees.load(Ordering::Relaxed),
-            shared_bytes: self.shared_bytes.load(Ordering::Relaxed),
-            shared_failures: self.shared_failures.load(Ordering::Relaxed),
-        }
+        self.counters.snapshot()
     }
 }

@@ -47,6 +47,7 @@ pub mod pool;
 
 pub use direct::Direct;
 
+use core::sync::atomic::{AtomicU64, Ordering};
 use core::fmt;
 use core::ptr::NonNull;
 
@@ -329,6 +330,42 @@ pub struct DmaStats {
     /// `alloc_shared` calls that failed (any error).
     pub shared_failures: u64,
 }
+
+/// Defines [`DmaCounters`] with one atomic per [`DmaStats`] field, so the two cannot drift apart.
+macro_rules! dma_counters {
+    ($($field:ident),* $(,)?) => {
+        /// [`DmaStats`] as atomics, so that a [`Dma`] implementation counts through `&self`
+        /// (a `Dma` is shared by every driver). Relaxed ordering: these are statistics.
+        #[derive(Debug, Default)]
+        pub(crate) struct DmaCounters {
+            $(pub $field: AtomicU64,)*
+        }
+
+        impl DmaCounters {
+            pub const fn new() -> Self {
+                DmaCounters { $($field: AtomicU64::new(0),)* }
+            }
+
+            pub fn snapshot(&self) -> DmaStats {
+                DmaStats { $($field: self.$field.load(Ordering::Relaxed),)* }
+            }
+        }
+    };
+}
+
+dma_counters!(
+    maps,
+    unmaps,
+    mapped_bytes,
+    map_failures,
+    bounced_to_device,
+    bounced_from_device,
+    syncs,
+    shared_allocs,
+    shared_frees,
+    shared_bytes,
+    shared_failures,
+);
 
 /// Zeroed, device-visible memory from [`Dma::alloc_shared`]: rings, indirect tables, headers.
 ///
