@@ -8,6 +8,8 @@
 use alloc::string::String;
 use alloc::vec::Vec;
 
+use crate::platform::decide::{LegacyPolicy, SecureMode};
+
 /// Every option the guest understands. `name`, the value syntax and what it does; the README
 /// table is generated from the same words by hand, keep them in step.
 pub const OPTIONS: &[(&str, &str, &str)] = &[
@@ -20,6 +22,26 @@ pub const OPTIONS: &[(&str, &str, &str)] = &[
         "sg.debug.fault",
         "0|1",
         "test only: take an unexpected interrupt, to exercise the exception vectors",
+    ),
+    (
+        "sg.debug.leak",
+        "0|1",
+        "test only: do not zero swiotlb slots on release, so that private data stays in shared memory (the host oracle must fail)",
+    ),
+    (
+        "sg.secure",
+        "off|on|auto|emulate",
+        "run as a secure guest: off, on (reject without secure hardware), auto (default: secure when the hardware is), emulate (the whole secure path with recorded sharing)",
+    ),
+    (
+        "sg.swiotlb",
+        "SIZE",
+        "bytes of the shared bounce pool of a secure guest (64K..1G, default 4M), rounded up to the platform's sharing granularity",
+    ),
+    (
+        "sg.legacy_devices",
+        "refuse|bounce",
+        "secure guest, device without ACCESS_PLATFORM: refuse it (default) or bounce through the pool anyway",
     ),
     (
         "sg.blk.read",
@@ -87,6 +109,11 @@ pub const OPTIONS: &[(&str, &str, &str)] = &[
 pub const BLK_READ_ALL_MAX: u64 = 64 << 20;
 /// The largest `sg.blk.req`.
 pub const BLK_REQ_MAX: u64 = 4 << 20;
+/// The default `sg.swiotlb`.
+pub const SWIOTLB_DEFAULT: u64 = 4 << 20;
+/// The range of `sg.swiotlb` (before rounding up to the sharing granularity).
+pub const SWIOTLB_MIN: u64 = 64 << 10;
+pub const SWIOTLB_MAX: u64 = 1 << 30;
 
 /// How much of each disk to read (`sg.blk.read`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -119,6 +146,15 @@ pub struct BlkWrite {
 pub struct Options {
     pub debug_panic: bool,
     pub debug_fault: bool,
+    /// `sg.debug.leak`: swiotlb slots are not zeroed on release (test only).
+    pub debug_leak: bool,
+    /// `sg.secure`.
+    pub secure: SecureMode,
+    /// `sg.swiotlb`: bytes asked for the shared pool, [`SWIOTLB_MIN`]..=[`SWIOTLB_MAX`]; the
+    /// boot flow rounds it up to the platform's granularity.
+    pub swiotlb: u64,
+    /// `sg.legacy_devices`.
+    pub legacy_devices: LegacyPolicy,
     pub blk_read: BlkRead,
     pub blk_write: Option<BlkWrite>,
     pub blk_disk: u32,
@@ -140,6 +176,10 @@ impl Default for Options {
         Options {
             debug_panic: false,
             debug_fault: false,
+            debug_leak: false,
+            secure: SecureMode::DEFAULT,
+            swiotlb: SWIOTLB_DEFAULT,
+            legacy_devices: LegacyPolicy::DEFAULT,
             blk_read: BlkRead::All,
             blk_write: None,
             blk_disk: 0,
@@ -317,6 +357,22 @@ pub fn parse(line: &[u8]) -> (Options, Vec<Diagnostic>) {
             "sg.debug.fault" => match boolean(value) {
                 Some(b) => opts.debug_fault = b,
                 None => malformed("0|1"),
+            },
+            "sg.debug.leak" => match boolean(value) {
+                Some(b) => opts.debug_leak = b,
+                None => malformed("0|1"),
+            },
+            "sg.secure" => match value.and_then(SecureMode::parse) {
+                Some(m) => opts.secure = m,
+                None => malformed(SecureMode::EXPECTED),
+            },
+            "sg.swiotlb" => match value.and_then(parse_size) {
+                Some(n) if (SWIOTLB_MIN..=SWIOTLB_MAX).contains(&n) => opts.swiotlb = n,
+                _ => malformed("SIZE (64K..1G, K/M/G allowed)"),
+            },
+            "sg.legacy_devices" => match value.and_then(LegacyPolicy::parse) {
+                Some(p) => opts.legacy_devices = p,
+                None => malformed(LegacyPolicy::EXPECTED),
             },
             "sg.blk.read" => match value.and_then(parse_blk_read) {
                 Some(r) => opts.blk_read = r,
@@ -515,6 +571,89 @@ mod tests {
             })
         );
         assert!(o.virtio_packed);
+    }
+
+    #[test]
+    fn secure_options() {
+        let (o, d) = parse(b"");
+        assert!(d.is_empty());
+        assert_eq!(o.secure, SecureMode::Auto);
+        assert_eq!(o.swiotlb, 4 << 20);
+        assert_eq!(o.legacy_devices, LegacyPolicy::Refuse);
+        assert!(!o.debug_leak);
+        for (line, mode) in [
+            ("sg.secure=off", SecureMode::Off),
+            ("sg.secure=on", SecureMode::On),
+            ("sg.secure=auto", SecureMode::Auto),
+            ("sg.secure=emulate", SecureMode::Emulate),
+            ("sg.secure=\"emulate\"", SecureMode::Emulate),
+        ] {
+            let (o, d) = parse(line.as_bytes());
+            assert!(d.is_empty(), "{line}: {d:?}");
+            assert_eq!(o.secure, mode, "{line}");
+        }
+        let (o, d) = parse(b"sg.swiotlb=64K sg.legacy_devices=bounce sg.debug.leak");
+        assert!(d.is_empty(), "{d:?}");
+        assert_eq!(o.swiotlb, 64 << 10);
+        assert_eq!(o.legacy_devices, LegacyPolicy::Bounce);
+        assert!(o.debug_leak);
+        let (o, d) = parse(b"sg.swiotlb=1G sg.legacy_devices=refuse sg.debug.leak=0");
+        assert!(d.is_empty(), "{d:?}");
+        assert_eq!(o.swiotlb, 1 << 30);
+        assert_eq!(o.legacy_devices, LegacyPolicy::Refuse);
+        assert!(!o.debug_leak);
+        // Not rounded here: the granularity is the platform's, known at boot.
+        let (o, _) = parse(b"sg.swiotlb=0x10001");
+        assert_eq!(o.swiotlb, 0x10001);
+        // The last one wins, as for every option.
+        let (o, _) = parse(b"sg.secure=on sg.secure=off");
+        assert_eq!(o.secure, SecureMode::Off);
+        // Every option is in the table the README is written from.
+        for name in [
+            "sg.secure",
+            "sg.swiotlb",
+            "sg.legacy_devices",
+            "sg.debug.leak",
+        ] {
+            assert!(OPTIONS.iter().any(|(n, _, _)| *n == name), "{name}");
+        }
+    }
+
+    #[test]
+    fn malformed_secure_options_name_the_option() {
+        for (bad, expected) in [
+            ("sg.secure=yes", "off|on|auto|emulate"),
+            ("sg.secure", "off|on|auto|emulate"),
+            ("sg.secure=", "off|on|auto|emulate"),
+            ("sg.secure=EMULATE", "off|on|auto|emulate"),
+            ("sg.swiotlb=32K", "SIZE (64K..1G, K/M/G allowed)"),
+            ("sg.swiotlb=2G", "SIZE (64K..1G, K/M/G allowed)"),
+            ("sg.swiotlb=lots", "SIZE (64K..1G, K/M/G allowed)"),
+            ("sg.swiotlb", "SIZE (64K..1G, K/M/G allowed)"),
+            ("sg.legacy_devices=allow", "refuse|bounce"),
+            ("sg.legacy_devices", "refuse|bounce"),
+            ("sg.debug.leak=2", "0|1"),
+        ] {
+            let (o, d) = parse(bad.as_bytes());
+            let name = bad.split('=').next().unwrap();
+            assert_eq!(d.len(), 1, "{bad}");
+            match &d[0] {
+                Diagnostic::Malformed {
+                    option,
+                    expected: e,
+                    ..
+                } => {
+                    assert_eq!(option, name, "{bad}");
+                    assert_eq!(*e, expected, "{bad}");
+                }
+                other => panic!("{bad}: {other:?}"),
+            }
+            assert_eq!(
+                o,
+                Options::default(),
+                "{bad}: a malformed value changes nothing"
+            );
+        }
     }
 
     #[test]

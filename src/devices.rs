@@ -12,11 +12,12 @@ use core::fmt;
 
 use crate::cmdline::Options;
 use crate::crc32c::crc32c;
-use crate::dma::Dma;
 use crate::report::Record;
 use crate::virtio::blk::{self, BlkInfo, BlkParams};
 use crate::virtio::console::{self, ConsoleInfo};
-use crate::virtio::driver::{Counters, DriverRun, Outcome, QueueInfo, Settings};
+use crate::virtio::driver::{
+    Counters, DmaPaths, DmaReport, DriverRun, Outcome, QueueInfo, Settings,
+};
 use crate::virtio::features::{DeviceType, common, feature_names};
 use crate::virtio::net::{self, NetInfo};
 use crate::virtio::rng::{self, RngInfo};
@@ -72,7 +73,8 @@ pub struct DeviceReport {
     pub features_offered: u64,
     pub features_accepted: u64,
     pub queues: Vec<QueueInfo>,
-    pub dma: &'static str,
+    /// `dma` and `dma_reason`.
+    pub dma: DmaReport,
     pub counters: Counters,
     pub outcome: Outcome,
     pub specific: Specific,
@@ -82,12 +84,18 @@ impl DeviceReport {
     pub fn is_error(&self) -> bool {
         self.outcome.is_error()
     }
+
+    /// A secure guest refused the device (not an error).
+    pub fn is_refused(&self) -> bool {
+        self.outcome == Outcome::Refused
+    }
 }
 
 /// Runs the devices one by one, in the order found (the report order), and knows which blk
-/// device `sg.blk.disk` names.
+/// device `sg.blk.disk` names. Each device's DMA path is chosen from `paths` once its features
+/// are negotiated (see [`crate::virtio::driver`]).
 pub struct Runner<'a> {
-    dma: &'a dyn Dma,
+    paths: DmaPaths<'a>,
     clock: &'a dyn Clock,
     opts: &'a Options,
     settings: Settings,
@@ -95,9 +103,9 @@ pub struct Runner<'a> {
 }
 
 impl<'a> Runner<'a> {
-    pub fn new(dma: &'a dyn Dma, clock: &'a dyn Clock, opts: &'a Options) -> Self {
+    pub fn new(paths: DmaPaths<'a>, clock: &'a dyn Clock, opts: &'a Options) -> Self {
         Runner {
-            dma,
+            paths,
             clock,
             opts,
             settings: Settings {
@@ -134,19 +142,19 @@ impl<'a> Runner<'a> {
                     req_bytes: self.opts.blk_req,
                     qd: self.opts.blk_qd,
                 };
-                let r = blk::run(t, self.dma, self.clock, s, &params);
+                let r = blk::run(t, &self.paths, self.clock, s, &params);
                 ("blk".to_string(), erase(r, Specific::Blk))
             }
             DeviceType::NET => {
-                let r = net::run(t, self.dma, self.clock, s, self.opts.net_frames);
+                let r = net::run(t, &self.paths, self.clock, s, self.opts.net_frames);
                 ("net".to_string(), erase(r, Specific::Net))
             }
             DeviceType::CONSOLE => {
-                let r = console::run(t, self.dma, self.clock, s, self.opts.console_read);
+                let r = console::run(t, &self.paths, self.clock, s, self.opts.console_read);
                 ("console".to_string(), erase(r, Specific::Console))
             }
             DeviceType::RNG => {
-                let r = rng::run(t, self.dma, self.clock, s, self.opts.rng_bytes);
+                let r = rng::run(t, &self.paths, self.clock, s, self.opts.rng_bytes);
                 ("rng".to_string(), erase(r, Specific::Rng))
             }
             DeviceType(n) => {
@@ -161,6 +169,11 @@ impl<'a> Runner<'a> {
                     queues: Vec::new(),
                     counters: Counters::default(),
                     outcome: Outcome::Skipped,
+                    // The path it would have had.
+                    dma: self
+                        .paths
+                        .choose(offered & common::ACCESS_PLATFORM != 0)
+                        .report(),
                     specific: Specific::None,
                 };
                 (format!("type-{n}"), r)
@@ -174,7 +187,7 @@ impl<'a> Runner<'a> {
             features_offered: r.offered,
             features_accepted: r.accepted,
             queues: r.queues,
-            dma: self.dma.name(),
+            dma: r.dma,
             counters: r.counters,
             outcome: r.outcome,
             specific: r.specific,
@@ -202,6 +215,7 @@ fn erase<S>(r: DriverRun<S>, wrap: fn(S) -> Specific) -> DriverRun<Specific> {
         queues: r.queues,
         counters: r.counters,
         outcome: r.outcome,
+        dma: r.dma,
         specific: wrap(r.specific),
     }
 }
@@ -262,7 +276,8 @@ pub fn virtio_record<W: fmt::Write>(r: Record<W>, d: &DeviceReport) -> Record<W>
             }
             j.end_array();
         })
-        .str("dma", d.dma)
+        .str("dma", d.dma.name)
+        .str("dma_reason", d.dma.reason)
         .u64("requests", d.counters.requests)
         .u64("bytes_to_device", d.counters.bytes_to_device)
         .u64("bytes_from_device", d.counters.bytes_from_device)
@@ -318,6 +333,8 @@ pub fn virtio_record<W: fmt::Write>(r: Record<W>, d: &DeviceReport) -> Record<W>
         Specific::Rng(x) => r.u64("entropy_bytes", x.entropy_bytes),
     }
 }
+
+pub mod secure;
 
 #[cfg(test)]
 mod tests;

@@ -1,7 +1,9 @@
 //! secure-guest: the boot flow, top to bottom.
 //!
 //! The arch entry code (src/arch/) gets the machine into a state where Rust can run and hands
-//! over a `BootInfo`. From there: console report, heap, command line, device tree, verdict.
+//! over a `BootInfo`. From there: console report, heap, command line, device tree, the secure
+//! decision (and, when secure, the shared bounce pool and secret-marked memory), devices,
+//! verdict.
 #![no_std]
 #![no_main]
 #![deny(unsafe_op_in_unsafe_fn)]
@@ -17,11 +19,17 @@ use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use linked_list_allocator::LockedHeap;
 use secure_guest::bootinfo::BootInfo;
 use secure_guest::cmdline::{self, Diagnostic, Options};
+use secure_guest::devices::secure::{self as sec, PROBE_BYTES};
 use secure_guest::devices::{self, TickClock};
 use secure_guest::devtree::{self, DeviceTree};
 use secure_guest::dma::Direct;
+use secure_guest::dma::bounce::Bounce;
+use secure_guest::dma::pool::PoolConfig;
 use secure_guest::memmap::RegionKind;
+use secure_guest::platform::decide;
+use secure_guest::platform::{Platform, PlatformKind, secret};
 use secure_guest::report::{Record, Verdict};
+use secure_guest::virtio::driver::DmaPaths;
 
 use console::Console;
 
@@ -32,7 +40,8 @@ static HEAP: LockedHeap = LockedHeap::empty();
 /// pool, secret-marked private memory) and a huge heap would only slow down its first use.
 const HEAP_MAX: u64 = 64 << 20;
 
-/// The DMA path of every device: direct (device address = physical address).
+/// The DMA path of every device of a non-secure guest: direct (device address = physical
+/// address). The platforms (`none`, `emulated`) are statics of `devices::secure`.
 static DIRECT: Direct = Direct::new();
 
 static ERRORS: AtomicU32 = AtomicU32::new(0);
@@ -97,7 +106,7 @@ pub fn boot_main(info: BootInfo) -> ! {
 
     // 2. Heap over free RAM: never over the image, the device tree or firmware areas, which the
     //    arch code listed as reserved.
-    init_heap(&info);
+    let heap = init_heap(&info);
 
     // 3. Command line.
     let (opts, diags) = cmdline::parse(info.cmdline);
@@ -121,12 +130,36 @@ pub fn boot_main(info: BootInfo) -> ! {
         report_devtree(t, if info.fdt.is_some() { "fdt" } else { "pci-scan" });
     }
 
-    // 5. virtio devices: each through its driver, one `virtio` record per device.
+    // 5. Secure or not, before any device is touched: a rejection ends the run here.
+    let no_tree = DeviceTree::default();
+    let platform = choose_platform(&opts, tree.as_ref().unwrap_or(&no_tree));
+
+    // 6. When secure: the shared bounce pool, and (emulate) private memory full of secret marks
+    //    for the host's memory-dump oracle. Every device then goes through the pool or is
+    //    refused; otherwise every device is direct.
+    let pool = platform
+        .is_secure()
+        .then(|| setup_pool(&info, heap, platform, &opts));
+    if platform.kind() == PlatformKind::Emulated {
+        mark_private_memory(&info, heap, pool.as_ref());
+    }
+    let paths = match &pool {
+        Some(b) => sec::secure_paths(&DIRECT, b, opts.legacy_devices),
+        None => DmaPaths::direct(&DIRECT),
+    };
+
+    // 7. virtio devices: each through its driver, one `virtio` record per device.
     if let Some(t) = tree.as_ref() {
-        run_virtio_devices(t, &opts, info.tick_hz);
+        run_virtio_devices(t, &opts, info.tick_hz, paths);
     }
 
-    // 6. Test-only failure injections, after everything above has been reported.
+    // 8. What the pool went through. It stays shared (and, with every device reset and every
+    //    mapping released, all zeros) until power-off: see `devices::secure`.
+    if let Some(b) = &pool {
+        report_pool_stats(b);
+    }
+
+    // 9. Test-only failure injections, after everything above has been reported.
     if opts.debug_fault {
         arch::trigger_fault();
         report_error("debug", "sg.debug.fault: the fault did not happen");
@@ -138,17 +171,127 @@ pub fn boot_main(info: BootInfo) -> ! {
     end(Verdict::Pass)
 }
 
+/// Decides (`sg.secure` against what the arch detected), writes the `secure` record and returns
+/// the platform for the rest of the run. Ends the run with `reject` when the decision says so,
+/// and with `fail` when a real backend cannot be set up.
+fn choose_platform(opts: &Options, tree: &DeviceTree) -> &'static dyn Platform {
+    let facts = arch::secure_facts(tree);
+    let decision = decide::decide(opts.secure, &facts);
+    let write = |p: &dyn Platform| {
+        sec::secure_record(
+            record("secure"),
+            &decision,
+            arch::sev_status(),
+            p,
+            opts.legacy_devices,
+        )
+        .end();
+    };
+    if decision.rejected() {
+        write(&sec::NONE_PLATFORM);
+        end(Verdict::Reject);
+    }
+    // `none` and `emulated` are statics; a real backend (PEF, SEV, TDX) is built by the arch
+    // code only when detected, which never happens on the machines here.
+    let platform = match sec::static_platform(decision.choice) {
+        Some(p) => p,
+        None => match arch::secure_platform(decision.choice, tree) {
+            Ok(p) => p,
+            Err(e) => {
+                write(&sec::NONE_PLATFORM);
+                report_error("secure", &e);
+                end(Verdict::Fail);
+            }
+        },
+    };
+    write(platform);
+    platform
+}
+
+/// The shared pool of `sg.swiotlb` bytes (rounded up to the platform's granularity) in free
+/// RAM below 4 GiB that is not the heap, shared with one call, and its `swiotlb` record. Any
+/// failure ends the run (`fail`) before a device is touched.
+fn setup_pool(
+    info: &BootInfo,
+    heap: (u64, u64),
+    platform: &'static dyn Platform,
+    opts: &Options,
+) -> Bounce<'static> {
+    let granularity = platform.granularity();
+    let size = sec::pool_size(opts.swiotlb, granularity);
+    let Some(base) = sec::place_pool(&info.memory, heap, size, granularity) else {
+        report_error(
+            "swiotlb",
+            &alloc::format!(
+                "no free RAM below 4 GiB for a pool of {size} bytes aligned to {granularity:#x}"
+            ),
+        );
+        end(Verdict::Fail);
+    };
+    // SAFETY: [base, base + size) is free RAM (the arch layer reserved the image, device tree
+    // and firmware; `place_pool` also kept it off the heap), identity-mapped below 4 GiB, never
+    // referenced by Rust, and given to the pool for the rest of the run.
+    match unsafe { Bounce::new(platform, base, size, PoolConfig::default()) } {
+        Ok(b) => {
+            b.set_debug_skip_zeroing(opts.debug_leak);
+            sec::swiotlb_record(record("swiotlb"), &b).end();
+            b
+        }
+        Err(e) => {
+            report_error("swiotlb", &alloc::format!("{e}"));
+            end(Verdict::Fail);
+        }
+    }
+}
+
+/// `sg.secure=emulate`: fills private free RAM (not the heap, not the pool) with secret marks
+/// and lists it in the `secret` record, so that the host's scan of a memory dump proves it finds
+/// marks where they are, and then must find none in the pool.
+fn mark_private_memory(info: &BootInfo, heap: (u64, u64), pool: Option<&Bounce<'_>>) {
+    let pool = pool.map_or((0, 0), |b| (b.region().phys, b.region().size));
+    let regions: alloc::vec::Vec<(u64, u64)> =
+        sec::place_secret(&info.memory, heap, pool, sec::SECRET_MAX)
+            .into_iter()
+            .collect();
+    for &(base, size) in &regions {
+        // SAFETY: free RAM that is neither the heap nor the pool (`place_secret`), below 4 GiB
+        // and identity-mapped; nothing in the guest uses or references it.
+        unsafe { secret::fill_raw(base as *mut u8, size as usize, 0) };
+    }
+    sec::secret_record(record("secret"), &regions).end();
+}
+
+/// The release probe, then the `swiotlb_stats` record.
+fn report_pool_stats(b: &Bounce<'_>) {
+    let probe = match sec::release_probe(b) {
+        Ok(n) => n as u64,
+        Err(e) => {
+            report_error(
+                "swiotlb",
+                &alloc::format!("release probe of {PROBE_BYTES} bytes: {e}"),
+            );
+            0
+        }
+    };
+    sec::swiotlb_stats_record(record("swiotlb_stats"), &b.bounce_stats(), probe).end();
+}
+
 /// Finds the virtio devices, runs each through its driver and reports it. A device that was
 /// found but cannot be used, or a write asked of a disk that does not exist, is an `error`
 /// record; a device whose test failed is a `virtio` record with `result: error`, which counts
 /// as an error too.
-fn run_virtio_devices(tree: &DeviceTree, opts: &Options, tick_hz: Option<u64>) {
+fn run_virtio_devices(
+    tree: &DeviceTree,
+    opts: &Options,
+    tick_hz: Option<u64>,
+    paths: DmaPaths<'_>,
+) {
     let (found, unusable) = arch::virtio_devices(tree);
     for (location, why) in &unusable {
         report_error("virtio", &alloc::format!("{location}: {why}"));
     }
     let clock = TickClock::new(arch::now_ticks, tick_hz);
-    let mut runner = devices::Runner::new(&DIRECT, &clock, opts);
+    let mut runner = devices::Runner::new(paths, &clock, opts);
     for mut d in found {
         let Some(report) = runner.run(&d.location, &mut *d.transport) else {
             continue;
@@ -205,7 +348,8 @@ fn report_boot(info: &BootInfo) {
         .end();
 }
 
-fn init_heap(info: &BootInfo) {
+/// Returns the heap's (base, size).
+fn init_heap(info: &BootInfo) -> (u64, u64) {
     // Below 4 GiB: every arch maps that at entry, and 32-bit DMA engines can reach it later.
     let mut best: Option<(u64, u64)> = None;
     info.memory.for_each_free(0x1000, 1 << 20, |b, e| {
@@ -222,6 +366,7 @@ fn init_heap(info: &BootInfo) {
             // to the allocator exactly once.
             unsafe { HEAP.lock().init(base as *mut u8, size as usize) };
             record("heap").hex("base", base).u64("size", size).end();
+            (base, size)
         }
         None => {
             report_error("heap", "no free RAM of at least 1 MiB below 4 GiB");

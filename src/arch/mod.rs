@@ -28,6 +28,20 @@
 //!     Device registers are reached in real mode at their guest physical address, which works
 //!     under QEMU's pseries (TCG) but not on hardware or KVM-HV (see `ppc64/pci.rs`).
 //!
+//! - `secure_facts(&DeviceTree) -> platform::decide::Facts`: what the secure decision needs,
+//!   detected without side effects (`secure.rs` of each arch holds the instructions):
+//!   - ppc64: the device tree's ultravisor node, and `MSR[S]` (`mfmsr`);
+//!   - x86_64: SEV_STATUS (MSR 0xC001_0131), read only when CPUID 0x8000_001F says SEV exists,
+//!     and the TDX signature of CPUID 0x21 (only when the maximum basic leaf reaches it).
+//!
+//!   `sev_status() -> u64` is the raw SEV_STATUS it read (0 when not read; always 0 on ppc64),
+//!   for the `secure` record.
+//! - `secure_platform(Choice, &DeviceTree) -> Result<&'static dyn Platform, String>`: the real
+//!   backend the decision chose (ppc64: PEF; x86_64: SEV, TDX), leaked for the rest of the run.
+//!   Never reached on the machines here (none has PEF, SEV or TDX; the boot flow uses static
+//!   `none` and `emulated` platforms), but compiled and kept: it fails cleanly where the backend
+//!   cannot run (PEF without an ESM blob, a backend that does not probe).
+//!
 //! Unexpected interrupts end in [`crate::fatal_exception`].
 
 #[cfg(target_arch = "x86_64")]

@@ -111,9 +111,18 @@ fn run_all(
     machine: &[(String, Bus)],
     cmdline: &str,
 ) -> (Vec<DeviceReport>, String, Option<String>) {
+    let dma = Direct::new();
+    run_all_with(machine, cmdline, DmaPaths::direct(&dma))
+}
+
+/// [`run_all`] with the DMA paths of a (secure) run.
+fn run_all_with(
+    machine: &[(String, Bus)],
+    cmdline: &str,
+    paths: DmaPaths<'_>,
+) -> (Vec<DeviceReport>, String, Option<String>) {
     let (opts, diags) = cmdline::parse(cmdline.as_bytes());
     assert!(diags.is_empty(), "{diags:?}");
-    let dma = Direct::new();
     let mut reports = Vec::new();
     let mut console = String::new();
     let unmet;
@@ -122,7 +131,7 @@ fn run_all(
         // its own driver looks at the time, which is the one being driven.
         let clocks: Vec<_> = machine.iter().map(|(_, b)| b.clock()).collect();
         for ((loc, bus), clock) in machine.iter().zip(&clocks) {
-            let mut runner = Runner::new(&dma, clock, &opts);
+            let mut runner = Runner::new(paths, clock, &opts);
             runner.blk_seen = reports
                 .iter()
                 .filter(|r: &&DeviceReport| r.device == "blk")
@@ -134,7 +143,7 @@ fn run_all(
                 reports.push(r);
             }
         }
-        let mut runner = Runner::new(&dma, &clocks[0], &opts);
+        let mut runner = Runner::new(paths, &clocks[0], &opts);
         runner.blk_seen = reports.iter().filter(|r| r.device == "blk").count() as u32;
         unmet = runner.unmet();
     }
@@ -178,6 +187,7 @@ fn every_device_gets_a_record_the_harness_accepts() {
     assert_eq!(v.transport, "virtio-mmio-v2");
     assert_eq!(v.location, "/virtio_mmio@1");
     assert_eq!(v.dma, "direct");
+    assert_eq!(recs[0].fields["dma_reason"], "not secure");
     assert!(v.features_offered_names.contains(&"VERSION_1".to_string()));
     assert!(
         v.features_offered_names
@@ -329,4 +339,291 @@ fn tick_clock() {
     assert_eq!(TickClock::new(ticks, Some(1_000_000)).now_us(), 3_000_000);
     assert_eq!(TickClock::new(ticks, Some(3_000_000_000)).now_us(), 1000);
     assert_eq!(TickClock::new(ticks, None).now_us(), 0);
+}
+
+// ---------------------------------------------------------------------------------------------
+// A secure guest: every device through the shared pool, or refused.
+
+use crate::devices::secure::tests::Ram;
+use crate::devices::secure::{release_probe, secure_paths};
+use crate::dma::Dma;
+use crate::platform::decide::LegacyPolicy;
+use crate::platform::{Emulated, PAGE_4K, secret};
+use crate::virtio::transport::DeviceStatus;
+
+const REFUSED_REASON: &str = "secure, no ACCESS_PLATFORM: refused (sg.legacy_devices=refuse)";
+
+/// The record of every device as JSON (the harness's typed views are checked separately).
+fn records(console: &str) -> Vec<serde_json::Value> {
+    console
+        .lines()
+        .map(|l| serde_json::from_str(l.strip_prefix("@sg ").unwrap()).unwrap())
+        .collect()
+}
+
+/// Runs `machine` as a secure guest over a pool of `pool_bytes` in host memory. Checks what
+/// must hold whatever the devices did: the direct path was never used, every mapping and
+/// region went back to the pool, and the pool holds nothing but zeros.
+fn run_secure(
+    machine: &[(String, Bus)],
+    cmdline: &str,
+    pool_bytes: usize,
+) -> (Vec<DeviceReport>, String, crate::dma::bounce::BounceStats) {
+    let (opts, _) = cmdline::parse(cmdline.as_bytes());
+    let ram = Ram::new(pool_bytes);
+    let platform = Emulated::new(PAGE_4K);
+    let bounce = ram.bounce(&platform);
+    let direct = Direct::new();
+    let paths = secure_paths(&direct, &bounce, opts.legacy_devices);
+    let (reports, console, _) = run_all_with(machine, cmdline, paths);
+    let d = direct.stats();
+    assert_eq!(
+        (d.maps, d.shared_allocs),
+        (0, 0),
+        "a secure guest never uses the direct path"
+    );
+    let s = bounce.bounce_stats();
+    assert_eq!(s.dma.maps, s.dma.unmaps, "{s:?}");
+    assert_eq!(s.dma.shared_allocs, s.dma.shared_frees, "{s:?}");
+    assert_eq!((s.pool.live_bytes, s.pool.in_use_slots), (0, 0), "{s:?}");
+    let dump = ram.dump();
+    assert_eq!(
+        secret::marks(&dump).count(),
+        0,
+        "no secret mark in shared memory"
+    );
+    assert!(
+        dump.iter().all(|&b| b == 0),
+        "the pool is all zeros after the devices"
+    );
+    (reports, console, s)
+}
+
+#[test]
+fn a_secure_guest_refuses_devices_without_access_platform() {
+    let m = machine();
+    let (reports, console, s) = run_secure(&m, "sg.secure=emulate", 4 << 20);
+    let recs = records(&console);
+    let devices: Vec<&str> = reports.iter().map(|r| r.device.as_str()).collect();
+    assert_eq!(devices, ["blk", "blk", "net", "console", "rng", "type-5"]);
+    // The disks offer ACCESS_PLATFORM: bounced, and their data is right.
+    for (i, size) in [(0, 64 << 10), (1, 128 << 10)] {
+        assert_eq!(reports[i].outcome, Outcome::Ok, "{:?}", reports[i]);
+        assert_eq!(recs[i]["dma"], "bounce");
+        assert_eq!(recs[i]["dma_reason"], "secure, ACCESS_PLATFORM negotiated");
+        let Specific::Blk(b) = &reports[i].specific else {
+            panic!()
+        };
+        assert_eq!(b.read_crc32c, crc32c(&disk(size, i as u64 + 1)));
+    }
+    // The others do not: refused, FAILED, never given memory, not an error.
+    for i in 2..5 {
+        let r = &reports[i];
+        assert!(r.is_refused() && !r.is_error(), "{r:?}");
+        assert!(r.queues.is_empty());
+        assert_eq!(r.counters, Counters::default());
+        assert_eq!(recs[i]["result"], "refused");
+        assert_eq!(recs[i]["dma"], "none");
+        assert_eq!(recs[i]["dma_reason"], REFUSED_REASON);
+        assert_eq!(recs[i]["queues"], serde_json::json!([]));
+        assert!(recs[i].get("error").is_none());
+        assert_eq!(recs[i]["access_platform"]["offered"], false);
+        let (status, resets, notified) =
+            m[i].1.core(|c| (c.status, c.resets, c.notifications.len()));
+        assert_ne!(status & DeviceStatus::FAILED.bits(), 0, "{status:#x}");
+        assert_eq!(status & DeviceStatus::DRIVER_OK.bits(), 0, "{status:#x}");
+        assert_eq!(
+            (resets, notified),
+            (1, 0),
+            "reset once at init, never notified"
+        );
+    }
+    // The undriven device is left alone, and says which path it would have had.
+    assert_eq!(reports[5].outcome, Outcome::Skipped);
+    assert_eq!(recs[5]["dma"], "none");
+    assert_eq!(m[5].1.core(|c| c.status), 0);
+    // Rings, headers and data all went through the pool.
+    assert!(s.dma.shared_allocs >= 2 && s.dma.maps >= 2, "{s:?}");
+    assert!(s.dma.bounced_from_device >= (192 << 10), "{s:?}");
+    // The harness reads every record.
+    parsed(&console);
+}
+
+#[test]
+fn legacy_devices_bounce_and_their_data_is_right() {
+    let m = machine();
+    let (reports, console, s) = run_secure(
+        &m,
+        "sg.secure=emulate sg.legacy_devices=bounce sg.blk.write=4096:8192:0x77 sg.blk.disk=1",
+        4 << 20,
+    );
+    let recs = records(&console);
+    for (i, r) in reports[..5].iter().enumerate() {
+        assert_eq!(r.outcome, Outcome::Ok, "{r:?}");
+        assert_eq!(recs[i]["dma"], "bounce");
+    }
+    assert_eq!(recs[0]["dma_reason"], "secure, ACCESS_PLATFORM negotiated");
+    for rec in &recs[2..5] {
+        assert_eq!(
+            rec["dma_reason"],
+            "secure, no ACCESS_PLATFORM: sg.legacy_devices=bounce"
+        );
+    }
+    // The same data as on the direct path.
+    let mut pat = alloc::vec![0u8; 8192];
+    crate::pattern::fill(0x77, 4096, &mut pat);
+    m[1].1
+        .model(|b: &mut BlkModel| assert_eq!(&b.disk[4096..12288], &pat[..]));
+    let Specific::Blk(b) = &reports[1].specific else {
+        panic!()
+    };
+    assert_eq!(b.write.unwrap().1, crc32c(&pat));
+    assert!(b.flushed);
+    let Specific::Net(n) = &reports[2].specific else {
+        panic!()
+    };
+    assert_eq!(n.frames_verified, 8);
+    let Specific::Console(c) = &reports[3].specific else {
+        panic!()
+    };
+    assert_eq!(c.read, b"ok \"quoted\"\n");
+    let Specific::Rng(x) = &reports[4].specific else {
+        panic!()
+    };
+    assert_eq!(x.entropy_bytes, 64);
+    assert!(s.dma.bounced_to_device >= 8192 + 8 * 89 + 61, "{s:?}");
+    parsed(&console);
+}
+
+/// A pool far smaller than what the disk test keeps in flight, and requests larger than one
+/// mapping: the requests are split and clamped, exhaustion is waited out, nothing fails.
+#[test]
+fn a_small_pool_is_back_pressure_not_failure() {
+    let m = vec![
+        ("/virtio_mmio@1".to_string(), blk_bus(1 << 20, 5, 0)),
+        ("/virtio_mmio@2".to_string(), blk_bus(512 << 10, 6, 0)),
+    ];
+    let (reports, _, s) = run_secure(
+        &m,
+        "sg.secure=emulate sg.blk.req=4M sg.blk.write=0:512K:0x99 sg.blk.disk=1",
+        128 << 10,
+    );
+    for r in &reports {
+        assert_eq!(r.outcome, Outcome::Ok, "{r:?}");
+    }
+    let Specific::Blk(b) = &reports[0].specific else {
+        panic!()
+    };
+    assert_eq!(b.read_crc32c, crc32c(&disk(1 << 20, 5)));
+    // 128 KiB of pool: at most 32 KiB per request.
+    assert!(
+        reports[0].counters.requests > 32,
+        "{:?}",
+        reports[0].counters
+    );
+    let mut pat = alloc::vec![0u8; 512 << 10];
+    crate::pattern::fill(0x99, 0, &mut pat);
+    m[1].1
+        .model(|b: &mut BlkModel| assert_eq!(&b.disk[..], &pat[..]));
+    let Specific::Blk(b) = &reports[1].specific else {
+        panic!()
+    };
+    assert_eq!(
+        b.write.unwrap().1,
+        crc32c(&pat),
+        "every block filled once, in order"
+    );
+    assert!(
+        s.pool.exhausted > 0,
+        "the pool ran full and was waited out: {s:?}"
+    );
+    assert!(s.pool.high_water_bytes <= 128 << 10);
+}
+
+/// On a secure guest every driver buffer starts as secret marks, so that whatever part of it
+/// the device is not meant to see is recognisable; elsewhere it starts as zeros.
+#[test]
+fn driver_buffers_are_secret_marked_only_on_a_secure_guest() {
+    use crate::virtio::driver::{BUFFER_MARKS_FIRST, Resources};
+    let ram = Ram::new(64 << 10);
+    let platform = Emulated::new(PAGE_4K);
+    let bounce = ram.bounce(&platform);
+    let direct = Direct::new();
+    let secure = secure_paths(&direct, &bounce, LegacyPolicy::Refuse);
+    let mut res = Resources::new(&secure);
+    let b = res.alloc_buf(100).unwrap();
+    let bytes = res.bufs[b].bytes();
+    let marks: Vec<_> = secret::marks(bytes).collect();
+    assert_eq!(marks.len(), 6);
+    assert!(marks.iter().all(|m| m.counter >= BUFFER_MARKS_FIRST));
+    assert!(
+        marks.windows(2).all(|w| w[1].counter == w[0].counter + 1),
+        "consecutive counters"
+    );
+    assert_eq!(&bytes[96..], b"####");
+    let plain = DmaPaths::direct(&direct);
+    let mut res = Resources::new(&plain);
+    let b = res.alloc_buf(100).unwrap();
+    assert!(res.bufs[b].bytes().iter().all(|&x| x == 0));
+}
+
+/// The path table, with the reasons of docs/report.md.
+#[test]
+fn each_device_path_and_its_reason() {
+    let ram = Ram::new(64 << 10);
+    let platform = Emulated::new(PAGE_4K);
+    let bounce = ram.bounce(&platform);
+    let direct = Direct::new();
+    let plain = DmaPaths::direct(&direct);
+    for ap in [false, true] {
+        let p = plain.choose(ap);
+        assert_eq!((p.name(), p.reason), ("direct", "not secure"));
+        assert_eq!((p.max_mapping, p.max_request), (usize::MAX, usize::MAX));
+    }
+    let refuse = secure_paths(&direct, &bounce, LegacyPolicy::Refuse);
+    let p = refuse.choose(true);
+    assert_eq!(
+        (p.name(), p.reason),
+        ("bounce", "secure, ACCESS_PLATFORM negotiated")
+    );
+    assert_eq!(p.max_mapping, bounce.max_mapping_size());
+    assert_eq!(p.max_request, (64 << 10) / 4);
+    let p = refuse.choose(false);
+    assert_eq!((p.name(), p.reason), ("none", REFUSED_REASON));
+    assert!(p.dma.is_none());
+    let bounce_legacy = secure_paths(&direct, &bounce, LegacyPolicy::Bounce);
+    let p = bounce_legacy.choose(false);
+    assert_eq!(
+        (p.name(), p.reason),
+        (
+            "bounce",
+            "secure, no ACCESS_PLATFORM: sg.legacy_devices=bounce"
+        )
+    );
+    // And the probe the boot flow runs at the end goes through the same pool.
+    assert_eq!(
+        release_probe(&bounce),
+        Ok(crate::devices::secure::PROBE_BYTES)
+    );
+}
+
+/// A device that fails mid-test (an I/O error with requests in flight, a completion that names
+/// no request) is reset and everything it was given goes back to the pool, zeroed.
+#[test]
+fn failing_devices_give_everything_back_to_the_pool() {
+    let ioerr = blk_bus(1 << 20, 7, 0);
+    ioerr.model(|b: &mut BlkModel| b.ioerr_sector = Some(700));
+    let liar = blk_bus(1 << 20, 8, 0);
+    liar.model(|b: &mut BlkModel| b.bad_used_id = Some(200));
+    let m = vec![
+        ("/virtio_mmio@1".to_string(), ioerr),
+        ("/virtio_mmio@2".to_string(), liar),
+    ];
+    // `run_secure` checks that nothing is left mapped and the pool is all zeros.
+    let (reports, _, s) = run_secure(&m, "sg.secure=emulate sg.blk.qd=16", 1 << 20);
+    for r in &reports {
+        assert!(r.is_error(), "{r:?}");
+        assert_eq!(r.dma.name, "bounce");
+    }
+    assert!(s.dma.maps > 2, "{s:?}");
 }

@@ -18,7 +18,7 @@ use alloc::vec;
 use alloc::vec::Vec;
 
 use super::driver::{
-    Counters, DriverRun, Outcome, QueueInfo, Resources, Settings, init_device, kick,
+    Counters, DmaPaths, DriverRun, Outcome, QueueInfo, Resources, Settings, init_device, kick,
 };
 use super::features::blk as f;
 use super::init::{self, InitError, Negotiation};
@@ -134,7 +134,15 @@ struct Geometry {
     req_len: u32,
 }
 
-fn check_config(c: &RawConfig, queue_size: u16, req_bytes: u32) -> Result<Geometry, String> {
+/// `limits`: the DMA path's largest mapping and most data bytes per request
+/// ([`Resources::limits`]): on the bounce path a request of `sg.blk.req` bytes becomes several
+/// data segments of at most one mapping each, and never more than a quarter of the pool.
+fn check_config(
+    c: &RawConfig,
+    queue_size: u16,
+    req_bytes: u32,
+    limits: (usize, usize),
+) -> Result<Geometry, String> {
     let capacity = c.capacity.checked_mul(SECTOR).ok_or_else(|| {
         format!(
             "capacity of {} sectors overflows 64 bits of bytes",
@@ -154,6 +162,17 @@ fn check_config(c: &RawConfig, queue_size: u16, req_bytes: u32) -> Result<Geomet
         }
         Some(s) => s,
     };
+    let (max_mapping, max_request) = limits;
+    // A mapping of whole sectors (a piece boundary inside a block is fine for the device, and
+    // whole sectors keep every piece's length a multiple of 512).
+    let map_limit = u32::try_from(max_mapping).unwrap_or(u32::MAX) & !(SECTOR as u32 - 1);
+    if map_limit == 0 {
+        return Err(format!(
+            "the DMA path maps at most {max_mapping} bytes at once, less than one sector"
+        ));
+    }
+    let piece = piece.min(map_limit);
+    let req_bytes = req_bytes.min(u32::try_from(max_request).unwrap_or(u32::MAX));
     // Header and status take two descriptors of a chain no longer than the queue.
     let max_segments = u64::from(queue_size.saturating_sub(2).max(1));
     let segments = match c.seg_max {
@@ -222,12 +241,12 @@ struct Slot {
 /// Runs the driver over `t`: init, the test, reset and cleanup.
 pub fn run<T: Transport + ?Sized>(
     t: &mut T,
-    dma: &dyn crate::dma::Dma,
+    paths: &DmaPaths<'_>,
     clock: &dyn Clock,
     settings: &Settings,
     params: &BlkParams,
 ) -> DriverRun<BlkInfo> {
-    let mut res = Resources::new(dma);
+    let mut res = Resources::new(paths);
     let mut info = BlkInfo::default();
     let features = f::SIZE_MAX | f::SEG_MAX | f::BLK_SIZE | f::RO | f::FLUSH;
     let init = init_device(t, features, settings, clock, &mut res, |t, n, res| {
@@ -239,13 +258,15 @@ pub fn run<T: Transport + ?Sized>(
     let (negotiation, config) = match init {
         Ok(v) => v,
         Err(fail) => {
+            let dma = res.dma_report(fail.accepted);
             let teardown = res.release(t, settings, clock);
             return DriverRun {
                 offered: fail.offered,
                 accepted: fail.accepted,
                 queues: Vec::new(),
                 counters: Counters::default(),
-                outcome: Outcome::Error(fail.message).with_teardown(teardown),
+                outcome: fail.outcome().with_teardown(teardown),
+                dma,
                 specific: info,
             };
         }
@@ -263,6 +284,7 @@ pub fn run<T: Transport + ?Sized>(
     };
     let result = blk.test(&negotiation, &config, params, &mut info);
     let counters = blk.counters;
+    let dma = res.dma_report(negotiation.accepted);
     let teardown = res.release(t, settings, clock);
     let outcome = match result {
         Ok(()) => Outcome::Ok,
@@ -275,6 +297,7 @@ pub fn run<T: Transport + ?Sized>(
         queues,
         counters,
         outcome,
+        dma,
         specific: info,
     }
 }
@@ -299,7 +322,7 @@ impl<T: Transport + ?Sized> Blk<'_, '_, T> {
         info: &mut BlkInfo,
     ) -> Result<(), String> {
         let queue_size = self.res.queues[0].size();
-        let g = check_config(config, queue_size, params.req_bytes)?;
+        let g = check_config(config, queue_size, params.req_bytes, self.res.limits())?;
         self.geometry = Some(g);
         info.capacity = Some(g.capacity);
         info.block_size = Some(g.block_size);
@@ -459,6 +482,7 @@ impl<T: Transport + ?Sized> Blk<'_, '_, T> {
         let mut free: VecDeque<usize> = (0..slots).collect();
         let mut by_token: Vec<Option<Slot>> = vec![None; usize::from(self.res.queues[0].size())];
         let mut done: Vec<Option<(Slot, u8)>> = vec![None; slots];
+        let mut filled: Vec<Option<u64>> = vec![None; slots];
         let (mut issued, mut consumed, mut outstanding) = (0u64, 0u64, 0u32);
         let mut deadline = self.settings.deadline(self.clock);
         let direction = if kind.device_writes_data() {
@@ -497,13 +521,24 @@ impl<T: Transport + ?Sized> Blk<'_, '_, T> {
                 let mut segments = vec![Segment::in_region(r, h, 16, false)];
                 if len > 0 {
                     let buf = &mut self.res.bufs[self.pool[slot_index]];
-                    if kind == Kind::Write {
+                    // Filled once per request: a request retried after back-pressure keeps
+                    // its data (and `fill` sees every offset once, in disk order).
+                    if kind == Kind::Write && filled[slot_index] != Some(offset) {
                         fill(offset, &mut buf.bytes_mut()[..len as usize]);
+                        filled[slot_index] = Some(offset);
                     }
-                    let data = buf
-                        .map(dma, len as usize, g.piece, direction, &DmaConstraints::NONE)
-                        .map_err(|e| format!("{} buffer of {len} bytes: {e}", kind.name()))?;
-                    segments.extend(data);
+                    match buf.map(dma, len as usize, g.piece, direction, &DmaConstraints::NONE) {
+                        Ok(data) => segments.extend(data),
+                        // The shared pool is full: back-pressure, not failure. Wait for a
+                        // completion (which unmaps and so frees slots) and issue this one again.
+                        Err(e) if e.is_transient() && outstanding > 0 => {
+                            free.push_front(slot_index);
+                            break;
+                        }
+                        Err(e) => {
+                            return Err(format!("{} buffer of {len} bytes: {e}", kind.name()));
+                        }
+                    }
                 }
                 segments.push(Segment::in_region(r, status_at(slot_index), 1, true));
                 match self.res.queues[0].add(&segments) {

@@ -13,13 +13,13 @@ use alloc::vec;
 use alloc::vec::Vec;
 
 use super::driver::{
-    Counters, DriverRun, Outcome, QueueInfo, Resources, Settings, init_device, kick,
+    Counters, DmaPaths, DriverRun, Outcome, QueueInfo, Resources, Settings, init_device, kick,
 };
 use super::init::{self, InitError};
 use super::transport::Transport;
 use super::wait::{Clock, WaitError};
 use crate::crc32c::crc32c;
-use crate::dma::{Direction, Dma, DmaConstraints};
+use crate::dma::{Direction, DmaConstraints};
 use crate::pattern;
 
 const RX_QUEUE: u16 = 0;
@@ -68,12 +68,12 @@ impl ConsoleInfo {
 /// Runs the driver over `t`: init, write the line, read, reset and cleanup.
 pub fn run<T: Transport + ?Sized>(
     t: &mut T,
-    dma: &dyn Dma,
+    paths: &DmaPaths<'_>,
     clock: &dyn Clock,
     settings: &Settings,
     read_limit: u32,
 ) -> DriverRun<ConsoleInfo> {
-    let mut res = Resources::new(dma);
+    let mut res = Resources::new(paths);
     let mut info = ConsoleInfo::default();
     let init = init_device(t, 0, settings, clock, &mut res, |t, n, res| {
         for q in [RX_QUEUE, TX_QUEUE] {
@@ -85,13 +85,15 @@ pub fn run<T: Transport + ?Sized>(
     let negotiation = match init {
         Ok((n, ())) => n,
         Err(fail) => {
+            let dma = res.dma_report(fail.accepted);
             let teardown = res.release(t, settings, clock);
             return DriverRun {
                 offered: fail.offered,
                 accepted: fail.accepted,
                 queues: Vec::new(),
                 counters: Counters::default(),
-                outcome: Outcome::Error(fail.message).with_teardown(teardown),
+                outcome: fail.outcome().with_teardown(teardown),
+                dma,
                 specific: info,
             };
         }
@@ -110,6 +112,7 @@ pub fn run<T: Transport + ?Sized>(
         read_limit,
         &mut info,
     );
+    let dma = res.dma_report(negotiation.accepted);
     let teardown = res.release(t, settings, clock);
     let outcome = match result {
         Ok(()) => Outcome::Ok,
@@ -122,6 +125,7 @@ pub fn run<T: Transport + ?Sized>(
         queues,
         counters,
         outcome,
+        dma,
         specific: info,
     }
 }
@@ -150,7 +154,13 @@ fn test<T: Transport + ?Sized>(
     for slot in 0..rx_slots {
         let b = res.alloc_buf(limit)?;
         rx_bufs.push(b);
-        post_rx(res, b, slot, limit, &mut rx_by_token)?;
+        if !post_rx(res, b, slot, limit, &mut rx_by_token)? {
+            // The shared pool is full: fewer receive buffers will do, but not none.
+            if slot == 0 {
+                return Err("receive buffer: the shared pool has no room for one".into());
+            }
+            break;
+        }
     }
     if rx_slots > 0 {
         kick(t, &mut res.queues[usize::from(RX_QUEUE)], counters);
@@ -160,11 +170,12 @@ fn test<T: Transport + ?Sized>(
     let line = line();
     let tx = res.alloc_buf(line.len())?;
     res.bufs[tx].bytes_mut().copy_from_slice(&line);
+    let piece = line.len().min(res.limits().0);
     let data = res.bufs[tx]
         .map(
             dma,
             line.len(),
-            line.len(),
+            piece,
             Direction::ToDevice,
             &DmaConstraints::NONE,
         )
@@ -231,28 +242,41 @@ fn test<T: Transport + ?Sized>(
             .min(room);
         info.read.extend_from_slice(&got[..upto]);
         if info.read.len() < limit && info.read.last() != Some(&b'\n') {
-            post_rx(res, b, slot, limit, &mut rx_by_token)?;
+            // The buffer was just unmapped, so its room in the pool is free again.
+            if !post_rx(res, b, slot, limit, &mut rx_by_token)? {
+                return Err("receive buffer: the shared pool has no room for it again".into());
+            }
             kick(t, &mut res.queues[usize::from(RX_QUEUE)], counters);
         }
     }
     Ok(())
 }
 
+/// Posts receive buffer `buf`; `false` when the DMA path has no room for it now.
 fn post_rx(
     res: &mut Resources<'_>,
     buf: usize,
     slot: usize,
     len: usize,
     by_token: &mut [Option<usize>],
-) -> Result<(), String> {
+) -> Result<bool, String> {
     let dma = res.dma();
-    let data = res.bufs[buf]
-        .map(dma, len, len, Direction::FromDevice, &DmaConstraints::NONE)
-        .map_err(|e| format!("receive buffer: {e}"))?;
+    let piece = len.min(res.limits().0);
+    let data = match res.bufs[buf].map(
+        dma,
+        len,
+        piece,
+        Direction::FromDevice,
+        &DmaConstraints::NONE,
+    ) {
+        Ok(data) => data,
+        Err(e) if e.is_transient() => return Ok(false),
+        Err(e) => return Err(format!("receive buffer: {e}")),
+    };
     match res.queues[usize::from(RX_QUEUE)].add(&data) {
         Ok(token) => {
             by_token[token.index()] = Some(slot);
-            Ok(())
+            Ok(true)
         }
         Err(e) => {
             // SAFETY: `add` failed: the device never saw the buffer.

@@ -1,14 +1,22 @@
 //! What the device drivers (blk, net, console, rng) share: the settings from the command line,
-//! counters for the report, heap buffers lent to a device, and the teardown that resets a
-//! device before anything it was given is taken back.
+//! the choice of each device's DMA path, counters for the report, heap buffers lent to a device,
+//! and the teardown that resets a device before anything it was given is taken back.
 //!
 //! Every driver follows the same shape:
 //!
-//! 1. `init::init` with its device bits plus [`Settings::core_features`]; queues are built in
-//!    the setup closure and pushed into a [`Resources`] right away, so that a failure halfway
-//!    still reclaims them;
-//! 2. its test, with every buffer from [`DmaBuf`] / a shared region in the same [`Resources`],
-//!    and every wait bounded by a [`Deadline`] from [`Settings::deadline`];
+//! 1. [`init_device`] with its device bits plus [`Settings::core_features`]. Once the features
+//!    are negotiated, and before any queue exists, it chooses the device's DMA path from the
+//!    [`DmaPaths`] of the run ([`DmaPaths::choose`]: direct, bounce, or refused, the table of
+//!    [`crate::platform::decide`]). A refused device gets FAILED and nothing else. Otherwise the
+//!    driver's setup closure builds its queues with [`Resources::dma`] (so that on the bounce
+//!    path the rings live in the shared pool) and pushes them into a [`Resources`] right away,
+//!    so that a failure halfway still reclaims them;
+//! 2. its test, with every buffer from [`Resources::alloc_buf`] / a shared region in the same
+//!    [`Resources`], and every wait bounded by a [`Deadline`] from [`Settings::deadline`]. On a
+//!    secure guest `alloc_buf` fills each buffer with secret marks ([`secret`]) before a device
+//!    can see any of it, so that a host dump of the shared pool shows whether private bytes
+//!    leaked. A mapping that fails with [`DmaError::Exhausted`] (the pool is full) is
+//!    back-pressure: the driver waits for its outstanding requests and tries again;
 //! 3. [`Resources::release`]: reset the device (bounded), and only if the reset completed, unmap
 //!    and free everything. A device that does not reset keeps its memory: leaking is safe, giving
 //!    memory back that a device may still write is not.
@@ -19,13 +27,153 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use core::alloc::Layout;
 use core::ptr::NonNull;
+use core::sync::atomic::{AtomicU32, Ordering};
 
 use super::features::common;
-use super::init::{self, Negotiation};
+use super::init::{self, InitError, Negotiation};
 use super::queue::{RingFormat, Segment, Virtqueue};
 use super::transport::Transport;
 use super::wait::{Clock, Deadline};
 use crate::dma::{Direction, Dma, DmaConstraints, DmaError, Mapping, SharedRegion};
+use crate::platform::decide::{self, DeviceDma, LegacyPolicy};
+use crate::platform::secret;
+
+/// The shared bounce pool of a secure guest, as the drivers use it.
+#[derive(Clone, Copy)]
+pub struct SharedPool<'d> {
+    /// The bounce path over the pool ([`crate::dma::bounce::Bounce`]).
+    pub dma: &'d dyn Dma,
+    /// The largest streaming mapping (`Bounce::max_mapping_size`): drivers split larger
+    /// transfers into mappings of at most this size.
+    pub max_mapping: usize,
+    /// Bytes in the pool. One request never takes more than a quarter of them (see
+    /// [`DevicePath::max_request`]), so that it always fits next to the rings once the requests
+    /// before it completed.
+    pub size: u64,
+}
+
+/// How the DMA path of every device of a run is chosen, once its features are known. One value
+/// for the whole run, made in the boot flow after the secure decision.
+#[derive(Clone, Copy)]
+pub struct DmaPaths<'d> {
+    /// The path of a non-secure guest.
+    direct: &'d dyn Dma,
+    /// A secure guest's pool; `None` when the guest is not secure.
+    pool: Option<SharedPool<'d>>,
+    legacy: LegacyPolicy,
+}
+
+impl<'d> DmaPaths<'d> {
+    /// Not secure: every device gets `dma` (direct).
+    pub fn direct(dma: &'d dyn Dma) -> Self {
+        DmaPaths {
+            direct: dma,
+            pool: None,
+            legacy: LegacyPolicy::DEFAULT,
+        }
+    }
+
+    /// Secure: every device goes through `pool`, or is refused without ACCESS_PLATFORM when
+    /// `legacy` says so. `direct` is kept only for completeness: the secure table never gives a
+    /// device the direct path.
+    pub fn secure(direct: &'d dyn Dma, pool: SharedPool<'d>, legacy: LegacyPolicy) -> Self {
+        DmaPaths {
+            direct,
+            pool: Some(pool),
+            legacy,
+        }
+    }
+
+    pub fn is_secure(&self) -> bool {
+        self.pool.is_some()
+    }
+
+    pub fn legacy(&self) -> LegacyPolicy {
+        self.legacy
+    }
+
+    /// The path of a device that negotiated `VIRTIO_F_ACCESS_PLATFORM` or not, by the table of
+    /// [`decide::device_dma`]; the reason is the one of docs/report.md (`dma_reason`).
+    pub fn choose(&self, access_platform: bool) -> DevicePath<'d> {
+        let (kind, _) = decide::device_dma(self.is_secure(), access_platform, self.legacy);
+        let reason = dma_reason(kind, access_platform);
+        match (kind, self.pool) {
+            (DeviceDma::Bounce, Some(pool)) => DevicePath {
+                dma: Some(pool.dma),
+                kind,
+                reason,
+                max_mapping: pool.max_mapping,
+                max_request: usize::try_from(pool.size / 4).unwrap_or(usize::MAX),
+            },
+            (DeviceDma::Refuse, _) => DevicePath {
+                dma: None,
+                kind,
+                reason,
+                max_mapping: 0,
+                max_request: 0,
+            },
+            // Direct (the table gives it only when not secure).
+            _ => DevicePath {
+                dma: Some(self.direct),
+                kind: DeviceDma::Direct,
+                reason,
+                max_mapping: usize::MAX,
+                max_request: usize::MAX,
+            },
+        }
+    }
+}
+
+/// The `dma_reason` of docs/report.md for a path.
+fn dma_reason(kind: DeviceDma, access_platform: bool) -> &'static str {
+    match (kind, access_platform) {
+        (DeviceDma::Direct, _) => "not secure",
+        (DeviceDma::Bounce, true) => "secure, ACCESS_PLATFORM negotiated",
+        (DeviceDma::Bounce, false) => "secure, no ACCESS_PLATFORM: sg.legacy_devices=bounce",
+        (DeviceDma::Refuse, _) => "secure, no ACCESS_PLATFORM: refused (sg.legacy_devices=refuse)",
+    }
+}
+
+/// The DMA path one device got.
+#[derive(Clone, Copy)]
+pub struct DevicePath<'d> {
+    /// `None`: refused (the device is failed and never given memory).
+    pub dma: Option<&'d dyn Dma>,
+    pub kind: DeviceDma,
+    /// `dma_reason` of the record.
+    pub reason: &'static str,
+    /// The largest streaming mapping: larger buffers are mapped in pieces.
+    pub max_mapping: usize,
+    /// The most data bytes one request should carry (bounce: a quarter of the pool).
+    pub max_request: usize,
+}
+
+impl DevicePath<'_> {
+    /// `dma` of the record: the path's name, `none` when refused.
+    pub fn name(&self) -> &'static str {
+        self.dma.map_or("none", |d| d.name())
+    }
+
+    pub fn report(&self) -> DmaReport {
+        DmaReport {
+            name: self.name(),
+            reason: self.reason,
+        }
+    }
+}
+
+/// `dma` and `dma_reason` of a `virtio` record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DmaReport {
+    pub name: &'static str,
+    pub reason: &'static str,
+}
+
+/// The counter of the first secret mark written into a driver buffer. Marks of the boot flow's
+/// `secret` regions count from 0, marks of driver buffers from here, so that a host that finds
+/// one knows which kind of memory leaked.
+pub const BUFFER_MARKS_FIRST: u32 = 0x8000_0000;
+static NEXT_BUFFER_MARK: AtomicU32 = AtomicU32::new(BUFFER_MARKS_FIRST);
 
 /// The virtio options of the command line, as the drivers use them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -271,54 +419,95 @@ impl Drop for DmaBuf {
 }
 
 /// Everything a driver gave a device: queues, shared regions, buffers. Handed back only by
-/// [`Resources::release`], after a reset.
+/// [`Resources::release`], after a reset. Also the device's DMA path, once [`init_device`]
+/// chose it.
 pub struct Resources<'d> {
-    dma: &'d dyn Dma,
+    paths: DmaPaths<'d>,
+    path: Option<DevicePath<'d>>,
     pub queues: Vec<Virtqueue<'d>>,
     pub regions: Vec<SharedRegion>,
     pub bufs: Vec<DmaBuf>,
 }
 
 impl<'d> Resources<'d> {
-    pub fn new(dma: &'d dyn Dma) -> Self {
+    pub fn new(paths: &DmaPaths<'d>) -> Self {
         Resources {
-            dma,
+            paths: *paths,
+            path: None,
             queues: Vec::new(),
             regions: Vec::new(),
             bufs: Vec::new(),
         }
     }
 
+    /// The device's DMA path. Only after [`init_device`] chose it and did not refuse the device:
+    /// asking earlier is a driver bug and panics.
     pub fn dma(&self) -> &'d dyn Dma {
-        self.dma
+        self.path
+            .and_then(|p| p.dma)
+            .expect("the DMA path is chosen (and not refused) before it is used")
+    }
+
+    /// The device's path, once chosen.
+    pub fn path(&self) -> Option<DevicePath<'d>> {
+        self.path
+    }
+
+    /// The largest streaming mapping and the most data bytes per request of the chosen path
+    /// (no limit before a path is chosen).
+    pub fn limits(&self) -> (usize, usize) {
+        self.path
+            .map_or((usize::MAX, usize::MAX), |p| (p.max_mapping, p.max_request))
+    }
+
+    /// `dma` and `dma_reason` of the record: the chosen path, or, when init failed before the
+    /// path was chosen, the one the device would have had with the features `accepted`.
+    pub fn dma_report(&self, accepted: u64) -> DmaReport {
+        self.path
+            .unwrap_or_else(|| self.paths.choose(accepted & common::ACCESS_PLATFORM != 0))
+            .report()
     }
 
     /// A shared region of `size` bytes; returns its index in `regions`.
     pub fn alloc_region(&mut self, size: usize, align: usize) -> Result<usize, String> {
         let r = self
-            .dma
+            .dma()
             .alloc_shared(size, align, &DmaConstraints::NONE)
             .map_err(|e| format!("shared memory of {size} bytes: {e}"))?;
         self.regions.push(r);
         Ok(self.regions.len() - 1)
     }
 
-    /// A heap buffer of `len` bytes; returns its index in `bufs`.
+    /// A heap buffer of `len` bytes; returns its index in `bufs`. Zeroed, except on a secure
+    /// guest: there every byte is a secret mark ([`secret::fill`], counters from
+    /// [`BUFFER_MARKS_FIRST`] on), so that whatever part of it the device is not meant to see
+    /// (the slack after the data, a receive buffer's old contents) is recognisable if it ever
+    /// shows up in shared memory. The one place every driver buffer comes from.
     pub fn alloc_buf(&mut self, len: usize) -> Result<usize, String> {
-        let b = DmaBuf::new(len).map_err(|e| format!("buffer of {len} bytes: {e}"))?;
+        let mut b = DmaBuf::new(len).map_err(|e| format!("buffer of {len} bytes: {e}"))?;
+        if self.paths.is_secure() {
+            let records = u32::try_from(len.div_ceil(secret::RECORD_LEN)).unwrap_or(u32::MAX);
+            let first = NEXT_BUFFER_MARK.fetch_add(records, Ordering::Relaxed);
+            secret::fill(b.bytes_mut(), first);
+        }
         self.bufs.push(b);
         Ok(self.bufs.len() - 1)
     }
 
     /// Resets the device (within one timeout) and, once it is reset, unmaps every buffer and
     /// frees every region and queue. If the reset does not complete, nothing is given back (the
-    /// device may still use it) and the error says so.
+    /// device may still use it) and the error says so. A refused device was given nothing and
+    /// is left as it is: FAILED, which tells the host the driver gave up on it.
     pub fn release<T: Transport + ?Sized>(
         self,
         t: &mut T,
         settings: &Settings,
         clock: &dyn Clock,
     ) -> Result<(), String> {
+        let refused = self.path.is_some_and(|p| p.dma.is_none());
+        if refused && self.queues.is_empty() && self.regions.is_empty() && self.bufs.is_empty() {
+            return Ok(());
+        }
         let mut deadline = settings.deadline(clock);
         if let Err(e) = init::reset(t, &mut deadline) {
             let held = self.bufs.iter().filter(|b| b.is_mapped()).count();
@@ -331,7 +520,11 @@ impl<'d> Resources<'d> {
                 self.regions.len()
             ));
         }
-        let dma = self.dma;
+        let Some(dma) = self.path.and_then(|p| p.dma) else {
+            // No path: nothing was allocated through one (queues, regions and buffers all come
+            // after the choice).
+            return Ok(());
+        };
         let mut failures = 0u32;
         for mut b in self.bufs {
             // SAFETY: the device is reset, so it no longer accesses any buffer it was given.
@@ -368,6 +561,9 @@ pub enum Outcome {
     Error(String),
     /// Nothing was asked of it.
     Skipped,
+    /// A secure guest refused it (no ACCESS_PLATFORM, `sg.legacy_devices=refuse`): FAILED,
+    /// never given memory. Not an error.
+    Refused,
 }
 
 impl Outcome {
@@ -376,6 +572,7 @@ impl Outcome {
             Outcome::Ok => "ok",
             Outcome::Error(_) => "error",
             Outcome::Skipped => "skipped",
+            Outcome::Refused => "refused",
         }
     }
 
@@ -403,6 +600,8 @@ pub struct DriverRun<S> {
     pub queues: Vec<QueueInfo>,
     pub counters: Counters,
     pub outcome: Outcome,
+    /// The DMA path the device got (or would have got, when init failed before the choice).
+    pub dma: DmaReport,
     /// The device-specific results.
     pub specific: S,
 }
@@ -413,11 +612,27 @@ pub struct InitFailure {
     pub offered: u64,
     pub accepted: u64,
     pub message: String,
+    /// The device was refused by the DMA policy, not failed by itself.
+    pub refused: bool,
+}
+
+impl InitFailure {
+    /// `Refused`, or the error.
+    pub fn outcome(&self) -> Outcome {
+        if self.refused {
+            Outcome::Refused
+        } else {
+            Outcome::Error(self.message.clone())
+        }
+    }
 }
 
 /// `init::init` with the driver's feature bits plus the core's, one timeout for the reset, and
 /// a setup closure that puts its queues into `res` (so they are reclaimed whatever happens).
-/// On failure the negotiation is still known when it got that far.
+/// Before the closure runs, the device's DMA path is chosen from what was negotiated
+/// (`ACCESS_PLATFORM`, which the core accepts whenever offered) and kept in `res`; a refused
+/// device gets FAILED (by `init::init`) without the closure ever running, and the failure says
+/// `refused`. On failure the negotiation is still known when it got that far.
 pub fn init_device<'d, T: Transport + ?Sized, R>(
     t: &mut T,
     device_features: u64,
@@ -431,8 +646,14 @@ pub fn init_device<'d, T: Transport + ?Sized, R>(
     let requested = device_features | settings.core_features();
     let r = init::init(t, requested, &mut deadline, |t, n| {
         seen = Some(*n);
+        let path = res.paths.choose(n.has(common::ACCESS_PLATFORM));
+        res.path = Some(path);
+        if path.dma.is_none() {
+            return Err(InitError::Driver { what: path.reason });
+        }
         setup(t, n, res)
     });
+    let refused = res.path.is_some_and(|p| p.dma.is_none());
     r.map_err(|e| {
         let (offered, accepted) = match (seen, e) {
             (Some(n), _) => (n.offered, n.accepted),
@@ -454,6 +675,7 @@ pub fn init_device<'d, T: Transport + ?Sized, R>(
             offered,
             accepted,
             message: format!("init: {e}"),
+            refused,
         }
     })
 }

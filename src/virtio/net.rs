@@ -17,14 +17,14 @@ use alloc::vec;
 use alloc::vec::Vec;
 
 use super::driver::{
-    Counters, DriverRun, Outcome, QueueInfo, Resources, Settings, init_device, kick,
+    Counters, DmaPaths, DriverRun, Outcome, QueueInfo, Resources, Settings, init_device, kick,
 };
 use super::features::{common, net as f};
 use super::init::{self, InitError};
 use super::queue::{Completion, Segment, Token};
 use super::transport::{Transport, read_config_bytes};
 use super::wait::Clock;
-use crate::dma::{Direction, Dma, DmaConstraints};
+use crate::dma::{Direction, DmaConstraints};
 use crate::pattern;
 
 /// The source address when the device has none (locally administered, unicast: "sg").
@@ -126,12 +126,12 @@ fn classify(mac: &[u8; 6], frames: u32, f: &[u8]) -> Result<u32, String> {
 /// Runs the driver over `t`: init, the echo test, reset and cleanup.
 pub fn run<T: Transport + ?Sized>(
     t: &mut T,
-    dma: &dyn Dma,
+    paths: &DmaPaths<'_>,
     clock: &dyn Clock,
     settings: &Settings,
     frames: u32,
 ) -> DriverRun<NetInfo> {
-    let mut res = Resources::new(dma);
+    let mut res = Resources::new(paths);
     let mut info = NetInfo::default();
     let init = init_device(t, f::MAC, settings, clock, &mut res, |t, n, res| {
         let mut mac = LOCAL_MAC;
@@ -147,13 +147,15 @@ pub fn run<T: Transport + ?Sized>(
     let (negotiation, mac) = match init {
         Ok(v) => v,
         Err(fail) => {
+            let dma = res.dma_report(fail.accepted);
             let teardown = res.release(t, settings, clock);
             return DriverRun {
                 offered: fail.offered,
                 accepted: fail.accepted,
                 queues: Vec::new(),
                 counters: Counters::default(),
-                outcome: Outcome::Error(fail.message).with_teardown(teardown),
+                outcome: fail.outcome().with_teardown(teardown),
+                dma,
                 specific: info,
             };
         }
@@ -184,6 +186,7 @@ pub fn run<T: Transport + ?Sized>(
         };
         e.test(&mut info).map(|()| true)
     };
+    let dma = res.dma_report(negotiation.accepted);
     let teardown = res.release(t, settings, clock);
     let outcome = match result {
         Ok(true) => Outcome::Ok,
@@ -197,6 +200,7 @@ pub fn run<T: Transport + ?Sized>(
         queues,
         counters,
         outcome,
+        dma,
         specific: info,
     }
 }
@@ -220,9 +224,15 @@ impl<T: Transport + ?Sized> Echo<'_, '_, T> {
             (usize::from(size) / descriptors).clamp(1, MAX_SLOTS)
         };
         let rxq = &self.res.queues[usize::from(RX_QUEUE)];
-        let rx_slots = per_request(rxq.size(), rxq.config().indirect);
+        // Buffers in flight take at most what one request may (bounce: a quarter of the pool
+        // each way), so that the pool always has room for the other direction.
+        let (_, max_request) = self.res.limits();
+        let rx_slots = per_request(rxq.size(), rxq.config().indirect)
+            .min((max_request / RX_FRAME).max(1));
         let txq = &self.res.queues[usize::from(TX_QUEUE)];
-        let tx_slots = per_request(txq.size(), txq.config().indirect).min(self.frames as usize);
+        let tx_slots = per_request(txq.size(), txq.config().indirect)
+            .min(self.frames as usize)
+            .min((max_request / FRAME_LEN).max(1));
 
         // Headers: one per slot, receive first.
         let hdr = self.hdr_len;
@@ -236,8 +246,16 @@ impl<T: Transport + ?Sized> Echo<'_, '_, T> {
 
         let mut rx_by_token: Vec<Option<usize>> = vec![None; usize::from(rxq_size(self))];
         let mut tx_by_token: Vec<Option<(usize, u32)>> = vec![None; usize::from(txq_size(self))];
+        // Receive slots the pool had no room for (back-pressure): posted again as soon as
+        // completions free it.
+        let mut unposted: Vec<usize> = Vec::new();
         for (slot, &buf) in rx_bufs.iter().enumerate() {
-            self.post_rx(region, buf, slot, &mut rx_by_token)?;
+            if !self.post_rx(region, buf, slot, &mut rx_by_token)? {
+                unposted.push(slot);
+            }
+        }
+        if unposted.len() == rx_slots {
+            return Err("receive buffer: the shared pool has no room for a single one".into());
         }
         kick(
             &mut *self.t,
@@ -258,15 +276,22 @@ impl<T: Transport + ?Sized> Echo<'_, '_, T> {
                 let Some(slot) = free_tx.pop() else { break };
                 let b = &mut self.res.bufs[tx_bufs[slot]];
                 b.bytes_mut().copy_from_slice(&frame(&self.mac, next_seq));
-                let data = b
-                    .map(
-                        dma,
-                        FRAME_LEN,
-                        FRAME_LEN,
-                        Direction::ToDevice,
-                        &DmaConstraints::NONE,
-                    )
-                    .map_err(|e| format!("frame buffer: {e}"))?;
+                let mapped = b.map(
+                    dma,
+                    FRAME_LEN,
+                    FRAME_LEN,
+                    Direction::ToDevice,
+                    &DmaConstraints::NONE,
+                );
+                let data = match mapped {
+                    Ok(data) => data,
+                    // The shared pool is full: wait for a transmit completion, then again.
+                    Err(e) if e.is_transient() && free_tx.len() + 1 < tx_slots => {
+                        free_tx.push(slot);
+                        break;
+                    }
+                    Err(e) => return Err(format!("frame buffer: {e}")),
+                };
                 let r = &self.res.regions[region];
                 let h = hdr * (rx_slots + slot);
                 r.fill(h, hdr, 0);
@@ -354,9 +379,19 @@ impl<T: Transport + ?Sized> Echo<'_, '_, T> {
                         note(&mut problems, p);
                     }
                 }
-                self.post_rx(region, rx_bufs[slot], slot, &mut rx_by_token)?;
-                reposted = true;
+                unposted.push(slot);
             }
+            // Every receive slot that is free again (just completed, or left out for want of
+            // room in the pool) goes back to the device.
+            let mut waiting = Vec::new();
+            for slot in unposted.drain(..) {
+                if self.post_rx(region, rx_bufs[slot], slot, &mut rx_by_token)? {
+                    reposted = true;
+                } else {
+                    waiting.push(slot);
+                }
+            }
+            unposted = waiting;
             if reposted {
                 kick(
                     &mut *self.t,
@@ -419,34 +454,37 @@ impl<T: Transport + ?Sized> Echo<'_, '_, T> {
             .map_err(|e| format!("{what} queue: {e}"))
     }
 
-    /// Makes receive slot `slot` (header `slot` of the region, buffer `buf`) available.
+    /// Makes receive slot `slot` (header `slot` of the region, buffer `buf`) available. `false`
+    /// when the DMA path has no room for it now (back-pressure: try again after completions).
     fn post_rx(
         &mut self,
         region: usize,
         buf: usize,
         slot: usize,
         by_token: &mut [Option<usize>],
-    ) -> Result<(), String> {
+    ) -> Result<bool, String> {
         let dma = self.res.dma();
         let hdr = self.hdr_len;
         let r = &self.res.regions[region];
         r.fill(hdr * slot, hdr, 0);
         let mut segments = vec![Segment::in_region(r, hdr * slot, hdr as u32, true)];
         let b = &mut self.res.bufs[buf];
-        let data = b
-            .map(
-                dma,
-                RX_FRAME,
-                RX_FRAME,
-                Direction::FromDevice,
-                &DmaConstraints::NONE,
-            )
-            .map_err(|e| format!("receive buffer: {e}"))?;
-        segments.extend(data);
+        let mapped = b.map(
+            dma,
+            RX_FRAME,
+            RX_FRAME,
+            Direction::FromDevice,
+            &DmaConstraints::NONE,
+        );
+        match mapped {
+            Ok(data) => segments.extend(data),
+            Err(e) if e.is_transient() => return Ok(false),
+            Err(e) => return Err(format!("receive buffer: {e}")),
+        }
         match self.res.queues[usize::from(RX_QUEUE)].add(&segments) {
             Ok(token) => {
                 by_token[token.index()] = Some(slot);
-                Ok(())
+                Ok(true)
             }
             Err(e) => {
                 let b = &mut self.res.bufs[buf];

@@ -8,12 +8,12 @@ use alloc::string::String;
 use alloc::vec::Vec;
 
 use super::driver::{
-    Counters, DriverRun, Outcome, QueueInfo, Resources, Settings, init_device, kick,
+    Counters, DmaPaths, DriverRun, Outcome, QueueInfo, Resources, Settings, init_device, kick,
 };
 use super::init::{self, InitError};
 use super::transport::Transport;
 use super::wait::{Clock, WaitError};
-use crate::dma::{Direction, Dma, DmaConstraints};
+use crate::dma::{Direction, DmaConstraints};
 
 const QUEUE_SIZE: u16 = 16;
 /// The largest single request.
@@ -28,12 +28,12 @@ pub struct RngInfo {
 /// Runs the driver over `t`: init, read `bytes` of entropy, reset and cleanup.
 pub fn run<T: Transport + ?Sized>(
     t: &mut T,
-    dma: &dyn Dma,
+    paths: &DmaPaths<'_>,
     clock: &dyn Clock,
     settings: &Settings,
     bytes: u32,
 ) -> DriverRun<RngInfo> {
-    let mut res = Resources::new(dma);
+    let mut res = Resources::new(paths);
     let mut info = RngInfo::default();
     let init = init_device(t, 0, settings, clock, &mut res, |t, n, res| {
         let vq = init::setup_queue(t, res.dma(), n, 0, QUEUE_SIZE, &DmaConstraints::NONE)?;
@@ -43,13 +43,15 @@ pub fn run<T: Transport + ?Sized>(
     let negotiation = match init {
         Ok((n, ())) => n,
         Err(fail) => {
+            let dma = res.dma_report(fail.accepted);
             let teardown = res.release(t, settings, clock);
             return DriverRun {
                 offered: fail.offered,
                 accepted: fail.accepted,
                 queues: Vec::new(),
                 counters: Counters::default(),
-                outcome: Outcome::Error(fail.message).with_teardown(teardown),
+                outcome: fail.outcome().with_teardown(teardown),
+                dma,
                 specific: info,
             };
         }
@@ -71,6 +73,7 @@ pub fn run<T: Transport + ?Sized>(
         )
         .map(|()| true)
     };
+    let dma = res.dma_report(negotiation.accepted);
     let teardown = res.release(t, settings, clock);
     let outcome = match result {
         Ok(true) => Outcome::Ok,
@@ -84,6 +87,7 @@ pub fn run<T: Transport + ?Sized>(
         queues,
         counters,
         outcome,
+        dma,
         specific: info,
     }
 }
@@ -103,8 +107,9 @@ fn read<T: Transport + ?Sized>(
     let mut deadline = settings.deadline(clock);
     while got < want {
         let n = (want - got).min(CHUNK);
+        let piece = n.min(res.limits().0);
         let segments = res.bufs[buf]
-            .map(dma, n, n, Direction::FromDevice, &DmaConstraints::NONE)
+            .map(dma, n, piece, Direction::FromDevice, &DmaConstraints::NONE)
             .map_err(|e| format!("entropy buffer: {e}"))?;
         if let Err(e) = res.queues[0].add(&segments) {
             // SAFETY: `add` failed: the device never saw the buffer.

@@ -7,14 +7,21 @@ mod io;
 mod paging;
 mod pci;
 mod port;
+mod secure;
 mod serial;
 mod virtio;
 
+use alloc::boxed::Box;
+use alloc::format;
+use alloc::string::String;
 use core::cell::UnsafeCell;
+use core::sync::atomic::{AtomicU64, Ordering};
 use secure_guest::acpi::{self, AddressSpace, PowerOff};
 use secure_guest::bootinfo::{BootInfo, Firmware};
 use secure_guest::devtree::DeviceTree;
 use secure_guest::memmap::{MemoryMap, RegionKind};
+use secure_guest::platform::decide::{Choice, Facts};
+use secure_guest::platform::{Platform, sev, tdx};
 use secure_guest::report::Verdict;
 
 pub use exceptions::trigger_fault;
@@ -89,6 +96,54 @@ pub fn arch_devices(tree: &mut DeviceTree) {
         && let Some(f) = fwcfg::FwCfg::probe()
     {
         tree.cpus = f.cpus();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Secure guest (SEV, TDX).
+
+/// SEV_STATUS as read by `secure_facts` (0: not read, because CPUID does not offer SEV).
+static SEV_STATUS: AtomicU64 = AtomicU64::new(0);
+
+/// What the secure decision needs to know on x86: SEV_STATUS, read only when CPUID
+/// 0x8000_001F says SEV exists (the MSR faults elsewhere), and the TDX signature of CPUID 0x21
+/// (looked at only when the maximum basic leaf reaches it).
+pub fn secure_facts(_tree: &DeviceTree) -> Facts {
+    let mut facts = Facts::default();
+    if let Some((_, status)) = sev::probe(&secure::Hw) {
+        SEV_STATUS.store(status.0, Ordering::Relaxed);
+        facts = facts.with_sev_status(status.0);
+    }
+    facts.tdx = tdx::detect(&secure::Hw);
+    facts
+}
+
+/// SEV_STATUS as `secure_facts` read it (0 when it was not read).
+pub fn sev_status() -> u64 {
+    SEV_STATUS.load(Ordering::Relaxed)
+}
+
+/// The real backend of `choice` (SEV or TDX on this arch), for the rest of the run.
+///
+/// NEVER REACHED ON THESE MACHINES: the decision only chooses SEV or TDX when CPUID and
+/// SEV_STATUS say the guest runs as one, which no machine here does (and PVH boots neither: see
+/// `secure.rs` for what running one for real would still need). The path is kept and compiled:
+/// the backend probes again and fails cleanly (`NotSecure`, a bad C-bit, a TDINFO error), and a
+/// failure ends the run before any device is touched.
+pub fn secure_platform(
+    choice: Choice,
+    _tree: &DeviceTree,
+) -> Result<&'static dyn Platform, String> {
+    match choice {
+        Choice::Sev(_) => match sev::Sev::new(secure::Hw) {
+            Ok(p) => Ok(Box::leak(Box::new(p))),
+            Err(e) => Err(format!("SEV: {e}")),
+        },
+        Choice::Tdx => match tdx::Tdx::new(secure::Hw) {
+            Ok(p) => Ok(Box::leak(Box::new(p))),
+            Err(e) => Err(format!("TDX: {e}")),
+        },
+        other => Err(format!("no {} backend on x86_64", other.name())),
     }
 }
 

@@ -231,7 +231,7 @@ fn run_with(
 ) -> DriverRun<BlkInfo> {
     let mut t = bus.transport();
     let clock = bus.clock();
-    let r = run(&mut t, dma, &clock, settings, params);
+    let r = run(&mut t, &DmaPaths::direct(dma), &clock, settings, params);
     // Whatever happened, the device ends reset and every mapping was given back.
     assert_eq!(bus.core(|c| c.status), 0, "device left unreset");
     let s = dma.stats();
@@ -603,7 +603,7 @@ fn device_that_never_completes_nor_resets_keeps_its_buffers() {
     let dma = Direct::new();
     let mut t = b.transport();
     let clock = b.clock();
-    let r = run(&mut t, &dma, &clock, &settings(), &BlkParams::default());
+    let r = run(&mut t, &DmaPaths::direct(&dma), &clock, &settings(), &BlkParams::default());
     expect_error(
         &r,
         &["timeout after 10 ms", "reset failed", "left to the device"],

@@ -76,7 +76,7 @@ fn run_on(bus: &Bus, limit: u32) -> DriverRun<ConsoleInfo> {
     let dma = Direct::new();
     let mut t = bus.transport();
     let clock = bus.clock();
-    let r = run(&mut t, &dma, &clock, &settings(), limit);
+    let r = run(&mut t, &DmaPaths::direct(&dma), &clock, &settings(), limit);
     assert_eq!(bus.core(|c| c.status), 0);
     let s = dma.stats();
     assert_eq!(s.maps, s.unmaps, "{s:?}");
@@ -106,7 +106,7 @@ fn writes_the_line_and_reads_up_to_a_newline() {
             packed,
             ..settings()
         };
-        let r = run(&mut t, &dma, &clock, &s, 64);
+        let r = run(&mut t, &DmaPaths::direct(&dma), &clock, &s, 64);
         assert_eq!(r.outcome, Outcome::Ok, "{r:?}");
         assert_eq!(r.accepted & cf::MULTIPORT, 0, "port 0 only");
         let i = &r.specific;

@@ -129,7 +129,7 @@ fn settings() -> Settings {
 fn run_on(dma: &dyn Dma, bus: &Bus, settings: &Settings, frames: u32) -> DriverRun<NetInfo> {
     let mut t = bus.transport();
     let clock = bus.clock();
-    let r = run(&mut t, dma, &clock, settings, frames);
+    let r = run(&mut t, &DmaPaths::direct(dma), &clock, settings, frames);
     assert_eq!(bus.core(|c| c.status), 0, "device left unreset");
     let s = dma.stats();
     assert_eq!(s.maps, s.unmaps, "{s:?}");

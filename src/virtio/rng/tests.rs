@@ -48,7 +48,7 @@ fn run_model(m: RngModel, bytes: u32) -> DriverRun<RngInfo> {
         timeout_us: 10_000,
         ..Settings::default()
     };
-    let r = run(&mut t, &dma, &clock, &s, bytes);
+    let r = run(&mut t, &DmaPaths::direct(&dma), &clock, &s, bytes);
     assert_eq!(b.core(|c| c.status), 0);
     r
 }
