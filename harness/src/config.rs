@@ -259,6 +259,11 @@ pub struct QemuConfig {
     pub console: bool,
     /// QEMU is killed after this long and the run is `Wedged`.
     pub timeout: Duration,
+    /// Hold QEMU at the guest's power-off instead of letting it exit (`-action shutdown=pause`),
+    /// so that the harness can dump guest memory over QMP before it quits QEMU (see
+    /// [`crate::run`]). x86 needs the exit device off for this: `isa-debug-exit` makes QEMU
+    /// exit at once, before anything can be dumped.
+    pub hold_at_shutdown: bool,
 }
 
 impl QemuConfig {
@@ -286,6 +291,7 @@ impl QemuConfig {
             exit_device: true,
             console: true,
             timeout: Duration::from_secs(60),
+            hold_at_shutdown: false,
         })
     }
 
@@ -344,6 +350,12 @@ impl QemuConfig {
         {
             bail!("the command line cannot contain NUL");
         }
+        if self.hold_at_shutdown && self.has_exit_device() {
+            bail!(
+                "holding QEMU at shutdown needs the x86 exit device off (isa-debug-exit makes \
+                 QEMU exit before memory can be dumped): set exit_device = false"
+            );
+        }
         Ok(())
     }
 
@@ -366,6 +378,12 @@ impl QemuConfig {
         // A guest that resets (triple fault, firmware reboot) ends the run instead of booting
         // again; QEMU exits 0 and the missing `end` record makes it `crashed`.
         push(&["-no-reboot"]);
+        // Held runs: the guest's power-off (RTAS power-off, ACPI soft-off) pauses QEMU, with a
+        // QMP `SHUTDOWN` event and status `shutdown`, instead of ending it. `-no-reboot` above
+        // already makes a reset a shutdown (`-action reboot=shutdown`), hence a pause too.
+        if self.hold_at_shutdown {
+            push(&["-action", "shutdown=pause"]);
+        }
         let machine = match self.effective_firmware() {
             Some(Firmware::Vof) => "pseries,x-vof=on".to_string(),
             // SLOF is what pseries loads when VOF is not asked for.
@@ -537,6 +555,25 @@ mod tests {
             assert_eq!(c.effective_firmware(), None);
             c.exit_device = false;
             assert!(!joined(&c).contains("isa-debug-exit"));
+        }
+    }
+
+    #[test]
+    fn hold_at_shutdown() {
+        for m in Machine::ALL {
+            let mut c = config(m);
+            assert!(!joined(&c).contains("-action"));
+            c.hold_at_shutdown = true;
+            c.exit_device = false;
+            c.validate().unwrap();
+            assert!(
+                joined(&c).contains(" -no-reboot -action shutdown=pause -M "),
+                "{}",
+                joined(&c)
+            );
+            c.exit_device = true;
+            // pseries has no exit device to be in the way.
+            assert_eq!(c.validate().is_ok(), m == Machine::Pseries, "{m}");
         }
     }
 

@@ -31,6 +31,18 @@
 //!   buffers posted).
 //! - rng: `-device virtio-rng-*` with QEMU's default backend (rng-builtin).
 //!
+//! `iommu_platform=on` ([`VirtioSetup::iommu_platform`], every device) makes QEMU offer
+//! `ACCESS_PLATFORM` (bit 33) and send the device's DMA through the platform's IOMMU, if the
+//! machine has one for it. What QEMU 10 does with it:
+//!
+//! | machine, transport | QEMU 10 |
+//! |---|---|
+//! | microvm mmio v2 | offered; DMA to guest-physical addresses (no IOMMU) |
+//! | microvm mmio v1 | accepted, never seen: a legacy device shows only bits 0..31 |
+//! | q35, pc, pci modern | offered; DMA to guest-physical addresses (no IOMMU device here) |
+//! | any pci legacy | refused: "VIRTIO_F_IOMMU_PLATFORM was supported by neither legacy nor transitional device" |
+//! | pseries pci modern | offered, but DMA goes through the PHB's sPAPR TCE table (liobn 0x80000000), which is empty: every device access translates to nothing (`spapr_iommu_xlate ... perm=0`), the device sees no buffers and the guest times out. Until the guest maps TCEs (issue 6), pseries secure runs use devices *without* it and `sg.legacy_devices=bounce`. |
+//!
 //! File names are used as given: the harness passes names relative to the run directory (QEMU's
 //! working directory), so command lines hold no temporary paths.
 
@@ -270,6 +282,8 @@ pub struct VirtioSetup {
     pub transport: Transport,
     pub ring: Ring,
     pub devices: Vec<Device>,
+    /// `iommu_platform=on` on every device (see the module doc).
+    pub iommu_platform: bool,
 }
 
 impl VirtioSetup {
@@ -291,8 +305,25 @@ impl VirtioSetup {
             }
         }
         let t = self.transport;
+        if self.iommu_platform && t == Transport::PciLegacy {
+            return Err(
+                "QEMU refuses iommu_platform=on on a legacy virtio-pci device: \
+                 \"VIRTIO_F_IOMMU_PLATFORM was supported by neither legacy nor transitional \
+                 device\""
+                    .into(),
+            );
+        }
         let sfx = t.device_suffix();
-        let common = format!("{}{}", t.device_props(), self.ring.prop());
+        let common = format!(
+            "{}{}{}",
+            t.device_props(),
+            self.ring.prop(),
+            if self.iommu_platform {
+                ",iommu_platform=on"
+            } else {
+                ""
+            }
+        );
         let mut a: Vec<String> = Vec::new();
         let mut push = |args: [&str; 2]| a.extend(args.iter().map(|s| s.to_string()));
         match t {
@@ -388,6 +419,7 @@ mod tests {
             transport: Transport::PciModern,
             ring: Ring::Packed,
             devices: all_devices(),
+            iommu_platform: false,
         };
         for m in [Machine::Q35, Machine::Pc, Machine::Pseries] {
             let p = ",disable-legacy=on,disable-modern=off,packed=on";
@@ -418,6 +450,7 @@ mod tests {
             transport: Transport::PciLegacy,
             ring: Ring::Split,
             devices: vec![Device::Rng { id: "r".into() }],
+            iommu_platform: false,
         };
         assert_eq!(
             s.qemu_args(Machine::Pc).unwrap().join(" "),
@@ -432,6 +465,7 @@ mod tests {
                 transport: t,
                 ring: Ring::Split,
                 devices: all_devices(),
+                iommu_platform: false,
             };
             let a = s.qemu_args(Machine::Microvm).unwrap().join(" ");
             assert!(
@@ -466,6 +500,7 @@ mod tests {
                 Device::Rng { id: "r".into() },
                 Device::Rng { id: "r".into() },
             ],
+            iommu_platform: false,
         };
         assert!(s.qemu_args(Machine::Q35).unwrap_err().contains("twice"));
         s.devices = vec![Device::Rng { id: "0r".into() }];
@@ -485,6 +520,44 @@ mod tests {
         }];
         let a = s.qemu_args(Machine::Q35).unwrap();
         assert_eq!(a[3], "file,id=c-port0,path=o");
+    }
+
+    #[test]
+    fn iommu_platform() {
+        let mut s = VirtioSetup {
+            transport: Transport::MmioV2,
+            ring: Ring::Split,
+            devices: all_devices(),
+            iommu_platform: true,
+        };
+        let a = s.qemu_args(Machine::Microvm).unwrap();
+        let devices: Vec<&String> = a
+            .iter()
+            .filter(|x| x.starts_with("virtio-") && !x.starts_with("virtio-mmio."))
+            .collect();
+        assert_eq!(devices.len(), 4, "{a:?}");
+        assert!(
+            devices
+                .iter()
+                .all(|d| d.ends_with(",packed=off,iommu_platform=on")),
+            "{a:?}"
+        );
+        assert!(
+            !a.iter()
+                .any(|x| x.starts_with("virtconsole") && x.contains("iommu"))
+        );
+        s.transport = Transport::PciModern;
+        assert!(
+            s.qemu_args(Machine::Q35)
+                .unwrap()
+                .contains(&"virtio-rng-pci,id=rng0,disable-legacy=on,disable-modern=off,packed=off,iommu_platform=on".to_string())
+        );
+        s.transport = Transport::PciLegacy;
+        assert!(
+            s.qemu_args(Machine::Pc)
+                .unwrap_err()
+                .contains("neither legacy")
+        );
     }
 
     #[test]

@@ -15,10 +15,13 @@
 //! record parser and typed views), [`kvm`] (whether `--accel auto` can use KVM). For virtio:
 //! [`devices`] (device specs to QEMU arguments per machine), [`echo`] (the net echo backend),
 //! [`oracle`] (host-side checks of the data the guest moved), [`qmp`] (a minimal QMP client),
-//! [`matrix`] (every machine × transport × ring, with all devices, in parallel).
+//! [`matrix`] (every machine × transport × ring, with all devices, in parallel). For secure
+//! guests: [`dump`] (guest memory of a run held at shutdown, over QMP `pmemsave`) and [`secure`]
+//! (the memory-dump oracle: nothing private in the shared swiotlb pool).
 
 pub mod config;
 pub mod devices;
+pub mod dump;
 pub mod echo;
 #[doc(hidden)]
 pub mod fake;
@@ -28,7 +31,8 @@ pub mod oracle;
 pub mod qmp;
 pub mod report;
 pub mod run;
+pub mod secure;
 
 pub use config::{Accel, Arch, Firmware, Machine, QemuConfig, default_kernel, workspace_root};
 pub use report::{Record, Report};
-pub use run::{Outcome, RunResult, Running, run, run_in, spawn, spawn_in};
+pub use run::{Held, Outcome, RunResult, Running, run, run_in, run_with_plan, spawn, spawn_in};

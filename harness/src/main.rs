@@ -6,6 +6,8 @@
 //! cargo run -p harness -- noop --machine microvm
 //! cargo run -p harness -- qemu-cmdline --machine pseries -m 4G
 //! cargo run -p harness -- matrix --filter q35 --jobs 2 --junit matrix.xml
+//! cargo run -p harness -- matrix --secure emulate
+//! cargo run -p harness -- run --machine q35 --hold --dump 0x1000000:4M --run-dir sg-run
 //! cargo run -p harness -- pattern --seed 0x5347 --offset 1052672 --len 69632 --check disk0.img
 //! cargo run -p harness -- echo-server --port 5555
 //! ```
@@ -129,6 +131,20 @@ struct MatrixArgs {
     /// After the table, print everything about each cell that did not pass.
     #[arg(long, short)]
     verbose: bool,
+    /// Secure cells: `emulate` runs every cell with sg.secure=emulate (x86 devices with
+    /// iommu_platform=on; pseries devices without it and sg.legacy_devices=bounce), holds QEMU at
+    /// the guest's power-off, dumps the swiotlb pool and the secret regions and checks them;
+    /// `on` expects every cell to be rejected with nothing touched.
+    #[arg(long)]
+    secure: Option<harness::secure::SecureMode>,
+    /// With --secure: sg.legacy_devices for devices without ACCESS_PLATFORM (default: refuse on
+    /// x86, bounce on pseries).
+    #[arg(long, requires = "secure")]
+    legacy_devices: Option<harness::secure::LegacyDevices>,
+    /// With --secure emulate: sg.debug.leak=1, the negative control (slots are not zeroed on
+    /// release): every cell that bounces data must FAIL the memory oracle.
+    #[arg(long, requires = "secure")]
+    leak: bool,
 }
 
 /// `4096`, `0x1000`, `64K`, `4M`, `1G`.
@@ -150,6 +166,14 @@ fn parse_number(s: &str) -> Result<u64, String> {
     .map_err(|_| format!("{s:?} is not a number (decimal, 0x hex, optional K/M/G)"))?;
     n.checked_mul(1 << shift)
         .ok_or_else(|| format!("{s:?} is too large"))
+}
+
+/// `BASE:SIZE` for `--dump`.
+fn parse_range(s: &str) -> Result<(u64, u64), String> {
+    let (b, n) = s
+        .split_once(':')
+        .ok_or_else(|| format!("{s:?} is not BASE:SIZE"))?;
+    Ok((parse_number(b)?, parse_number(n)?))
 }
 
 #[derive(Args)]
@@ -187,9 +211,20 @@ struct BootArgs {
     /// x86: leave out isa-debug-exit (the guest then powers off through ACPI, QEMU exits 0).
     #[arg(long)]
     no_exit_device: bool,
-    /// Keep the run's files (console.log, qemu.log, qmp.sock) in this directory.
+    /// Keep the run's files (console.log, qemu.log, qmp.sock, dumps) in this directory.
     #[arg(long)]
     run_dir: Option<PathBuf>,
+    /// Hold QEMU at the guest's power-off (-action shutdown=pause; x86: no exit device), dump
+    /// the memory the report names (swiotlb pool, shared ranges, secret regions) into the run
+    /// directory with QMP pmemsave, then quit QEMU.
+    #[arg(long)]
+    hold: bool,
+    /// With --hold: also dump this guest-physical range, BASE:SIZE (e.g. 0x1000000:4M).
+    #[arg(long, value_parser = parse_range, requires = "hold")]
+    dump: Vec<(u64, u64)>,
+    /// With --hold: also dump all guest memory as an ELF core (memory.elf, ~0.65 s per 512 MiB).
+    #[arg(long, requires = "hold")]
+    dump_all: bool,
     /// Extra QEMU arguments, after `--`. QEMU runs in its own directory: use absolute paths.
     #[arg(last = true)]
     extra: Vec<String>,
@@ -227,17 +262,24 @@ impl BootArgs {
             c.qemu_binary = Some(q.clone());
         }
         c.timeout = Duration::from_secs_f64(self.timeout);
-        c.exit_device = !self.no_exit_device;
+        c.exit_device = !self.no_exit_device && !self.hold;
+        c.hold_at_shutdown = self.hold;
         c.extra_args = self.extra.clone();
         c.validate()?;
         Ok(c)
     }
 
     fn run(&self, config: &QemuConfig) -> Result<RunResult> {
-        match &self.run_dir {
-            Some(d) => harness::run_in(config, d),
-            None => harness::run(config),
-        }
+        let plan = |records: &[harness::Record]| {
+            let mut p = harness::dump::plan_from_records(records);
+            for &(base, size) in &self.dump {
+                p.ranges
+                    .push(harness::dump::DumpRange::new("manual", base, size));
+            }
+            p.full = self.dump_all;
+            p
+        };
+        harness::run_with_plan(config, self.run_dir.as_deref(), &plan)
     }
 }
 
@@ -266,6 +308,7 @@ fn real_main(cli: Cli) -> Result<bool> {
                     println!("{}", rec.summary());
                 }
             }
+            print_held(&r, boot.run_dir.is_some());
             print_outcome(&r, r.verdict.as_str(), r.passed());
             Ok(r.passed())
         }
@@ -309,6 +352,52 @@ fn real_main(cli: Cli) -> Result<bool> {
                 Ok(false)
             }
         },
+    }
+}
+
+/// A held run: the pause, the dumps (and, for a run without a kept directory, that the files
+/// are gone), and the secret-mark counts of each dump.
+fn print_held(r: &RunResult, kept: bool) {
+    let Some(h) = &r.held else { return };
+    println!(
+        "held: {}{}",
+        if h.paused {
+            format!(
+                "QEMU held at shutdown (reason {}) after {:.3} s",
+                h.reason.as_deref().unwrap_or("unknown"),
+                h.paused_after.unwrap_or_default().as_secs_f64()
+            )
+        } else {
+            "QEMU was not held".to_string()
+        },
+        if h.dumps.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; {} ranges dumped in {:.3} s{}",
+                h.dumps.len(),
+                h.dump_time.as_secs_f64(),
+                if kept {
+                    ""
+                } else {
+                    " (not kept: give --run-dir)"
+                }
+            )
+        }
+    );
+    for d in &h.dumps {
+        let marks = secure_guest::platform::secret::find_marks(&d.data).count();
+        let nonzero = d.data.iter().filter(|&&b| b != 0).count();
+        println!(
+            "  {} -> {}: {marks} secret marks, {nonzero} non-zero bytes",
+            d.range, d.file
+        );
+    }
+    if let Some(f) = &h.full_dump {
+        println!("  all memory -> {}", f.display());
+    }
+    for p in &h.problems {
+        println!("  problem: {p}");
     }
 }
 
@@ -375,6 +464,12 @@ fn run_matrix(m: MatrixArgs) -> Result<bool> {
         }),
         kernel: m.kernel.clone(),
         qemu: None,
+        secure: m.secure.map(|mode| harness::secure::SecureExpect {
+            mode,
+            legacy: m.legacy_devices,
+            leak: m.leak,
+            pool_size: None,
+        }),
     };
     let width = planned
         .iter()
@@ -398,7 +493,7 @@ fn run_matrix(m: MatrixArgs) -> Result<bool> {
     };
     let results = matrix::run_matrix(
         &planned,
-        &|c: &matrix::Cell| matrix::standard_expected(c.transport, c.ring),
+        &|c: &matrix::Cell| matrix::expected_for(c, &opts),
         &opts,
         jobs,
         &progress,

@@ -13,7 +13,16 @@
 //! boot, so only two of its four cells run by default (modern+packed, legacy+split: between them
 //! every transport feature SLOF could leave behind); `all_slof` runs the other two. Combinations
 //! QEMU cannot build are listed as `skip` with QEMU's reason.
-
+//!
+//! Secure cells ([`RunOptions::secure`], `--secure emulate`): the same cells with
+//! `sg.secure=emulate` ([`secure_expected`]). On x86 every device gets `iommu_platform=on`, so
+//! mmio v2 and pci modern devices offer `ACCESS_PLATFORM` and go on the bounce path, while mmio v1
+//! and pci legacy devices cannot offer it and are refused (unless `--legacy-devices bounce`); a
+//! refused cell asks for no write. On pseries `iommu_platform=on` would put the devices behind the
+//! sPAPR TCE IOMMU, whose empty table fails all their DMA, so pseries cells have no
+//! `iommu_platform` and `sg.legacy_devices=bounce`. Each emulate cell is held at shutdown, its
+//! pool and secret regions are dumped, and [`crate::secure::check`] adds the memory oracle to the
+//! data oracles. `--secure on` expects every cell to be rejected, with nothing touched.
 use std::fmt;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -25,10 +34,12 @@ use anyhow::{Context, Result};
 
 use crate::config::{Accel, Firmware, Machine, QemuConfig, shell_join};
 use crate::devices::{Device, Mac, Ring, Transport, VirtioSetup};
+use crate::dump;
 use crate::echo::{self, EchoBackend};
 use crate::oracle::{self, ConsoleExpect, DiskImage, Expected, NetExpect, Observed, WriteRequest};
 use crate::report::{DeviceResult, Error, Virtio};
 use crate::run::{Outcome, RunResult};
+use crate::secure::{self, LegacyDevices, SecureExpect, SecureMode};
 
 /// The console port's capture and input, in the run directory.
 pub const CONSOLE_OUT: &str = "virtcon.out";
@@ -177,6 +188,8 @@ pub fn standard_expected(transport: Transport, ring: Ring) -> Expected {
             read_limit: oracle::DEFAULT_CONSOLE_READ,
         }),
         rng: true,
+        iommu_platform: false,
+        secure: None,
     }
 }
 
@@ -194,6 +207,37 @@ pub struct RunOptions {
     pub kernel: Option<PathBuf>,
     /// Default: `$QEMU`, else `PATH`.
     pub qemu: Option<PathBuf>,
+    /// Secure cells: `sg.secure` and friends for every cell (see [`secure_expected`]).
+    pub secure: Option<SecureExpect>,
+}
+
+/// What a cell does: [`standard_expected`], made secure as `opts.secure` asks.
+pub fn expected_for(cell: &Cell, opts: &RunOptions) -> Expected {
+    let e = standard_expected(cell.transport, cell.ring);
+    match &opts.secure {
+        Some(s) => secure_expected(cell, e, *s),
+        None => e,
+    }
+}
+
+/// `e` with the secure options `s`, adapted to the cell: x86 devices get `iommu_platform=on`
+/// where the transport can offer `ACCESS_PLATFORM`; pseries devices never do (the TCE IOMMU
+/// would fail their DMA) and default to `sg.legacy_devices=bounce`. A cell whose devices will
+/// all be refused asks for no write.
+pub fn secure_expected(cell: &Cell, mut e: Expected, mut s: SecureExpect) -> Expected {
+    if s.mode == SecureMode::Emulate {
+        if cell.machine == Machine::Pseries {
+            e.iommu_platform = false;
+            s.legacy.get_or_insert(LegacyDevices::Bounce);
+        } else {
+            e.iommu_platform = !cell.transport.is_legacy();
+        }
+    }
+    e.secure = Some(s);
+    if e.dma_expect() == crate::oracle::DmaExpect::Refused {
+        e.write = None;
+    }
+    e
 }
 
 /// A cell's verdict.
@@ -298,6 +342,15 @@ pub fn reproduce_command(cell: &Cell, opts: &RunOptions) -> String {
     if let Some(a) = opts.accel {
         c.push_str(&format!(" --accel {a}"));
     }
+    if let Some(s) = &opts.secure {
+        c.push_str(&format!(" --secure {}", s.mode));
+        if let Some(l) = s.legacy {
+            c.push_str(&format!(" --legacy-devices {l}"));
+        }
+        if s.leak {
+            c.push_str(" --leak");
+        }
+    }
     if cell.is_slof() {
         c.push_str(" --all-slof");
     }
@@ -393,6 +446,7 @@ fn run_cell_inner(
         transport: cell.transport,
         ring: cell.ring,
         devices,
+        iommu_platform: expected.iommu_platform,
     };
     let args = setup
         .qemu_args(cell.machine)
@@ -415,6 +469,15 @@ fn run_cell_inner(
         .timeout
         .unwrap_or(Duration::from_secs(if cell.is_slof() { 60 } else { 30 }));
     config.extra_args = args;
+    // Emulate cells end held at the guest's power-off, so that the memory can be dumped; x86
+    // then needs the exit device off (its verdict is the `end` record's).
+    let held = expected
+        .secure
+        .is_some_and(|s| s.mode == SecureMode::Emulate);
+    if held {
+        config.hold_at_shutdown = true;
+        config.exit_device = false;
+    }
     let by_hand = config.reproduce();
     config.extra_args.push("-S".into());
     fs::write(
@@ -448,12 +511,16 @@ fn run_cell_inner(
                     start_problem =
                         Some("QEMU did not connect to the echo backend within 10 s".to_string());
                 }
-                q.execute("cont", None)
+                q.execute("cont", None).map(|_| q)
             });
-    let cont_error = cont
-        .err()
-        .map(|e| format!("could not start the guest over QMP: {e:#}"));
-    let run = running.wait()?;
+    let (run, cont_error) = match cont {
+        Ok(q) if held => (running.finish_held(q, &dump::plan_from_records)?, None),
+        Ok(_) => (running.wait()?, None),
+        Err(e) => (
+            running.wait()?,
+            Some(format!("could not start the guest over QMP: {e:#}")),
+        ),
+    };
     let echo = backend.map(EchoBackend::stop);
     let console_output = expected
         .console
@@ -480,13 +547,26 @@ fn run_cell_inner(
     let oracle_failures = if run.records.is_empty() {
         Vec::new()
     } else {
-        oracle::check(expected, &run.records, &observed)
+        secure::check_run(expected, &run, &observed)
     };
     failures.extend(oracle_failures);
 
+    let wants_reject = expected.secure.is_some_and(|s| s.expects_reject());
+    let headline = |f: &[String]| secure::headline(f).cloned().unwrap_or_default();
     let (verdict, reason) = match run.verdict {
+        Outcome::Reject if wants_reject && failures.is_empty() => {
+            (CellVerdict::Pass, String::new())
+        }
+        Outcome::Reject if wants_reject => (CellVerdict::Fail, headline(&failures)),
+        Outcome::Pass if wants_reject => {
+            failures.insert(
+                0,
+                "the guest passed, but sg.secure=on cannot be met here: it must reject".into(),
+            );
+            (CellVerdict::Fail, failures[0].clone())
+        }
         Outcome::Pass if failures.is_empty() => (CellVerdict::Pass, String::new()),
-        Outcome::Pass => (CellVerdict::Fail, failures[0].clone()),
+        Outcome::Pass => (CellVerdict::Fail, headline(&failures)),
         Outcome::Fail => (
             CellVerdict::Fail,
             guest_failure(&run).unwrap_or_else(|| {
@@ -514,6 +594,9 @@ fn run_cell_inner(
     let kept = opts.out_dir.as_ref().map(|_| dir.clone());
     if verdict == CellVerdict::Pass && kept.is_some() {
         for d in &expected.disks {
+            let _ = fs::remove_file(dir.join(&d.file));
+        }
+        for d in run.held.iter().flat_map(|h| &h.dumps) {
             let _ = fs::remove_file(dir.join(&d.file));
         }
     }

@@ -17,6 +17,7 @@ use crate::report::{
     DeviceResult, Devtree, End, Event, Record, RingKind, Verdict, Virtio, VirtioBlk, VirtioConsole,
     VirtioNet, VirtioRng,
 };
+use crate::secure::{LegacyDevices, SecureExpect, SecureMode};
 
 /// The contract's names for the transport feature bits an oracle looks at.
 pub const VERSION_1: (u32, &str) = (32, "VERSION_1");
@@ -162,9 +163,82 @@ pub struct Expected {
     pub net: Option<NetExpect>,
     pub console: Option<ConsoleExpect>,
     pub rng: bool,
+    /// Every device has `iommu_platform=on`: QEMU offers `ACCESS_PLATFORM` where the transport
+    /// can (mmio v2, pci modern).
+    pub iommu_platform: bool,
+    /// `sg.secure` and friends; `None`: not given (the guest is not secure on these machines).
+    pub secure: Option<SecureExpect>,
+}
+
+/// The DMA path a device should report (`virtio.dma`, `dma_reason`, `result`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DmaExpect {
+    /// Not secure: `direct`, `not secure`.
+    Direct,
+    /// Secure: `bounce`, with the reason.
+    Bounce(&'static str),
+    /// Secure, no `ACCESS_PLATFORM`, `sg.legacy_devices=refuse`: result `refused`, dma `none`.
+    Refused,
+}
+
+impl DmaExpect {
+    pub const NOT_SECURE: &'static str = "not secure";
+    pub const NEGOTIATED: &'static str = "secure, ACCESS_PLATFORM negotiated";
+    pub const LEGACY_BOUNCE: &'static str = "secure, no ACCESS_PLATFORM: sg.legacy_devices=bounce";
+    pub const LEGACY_REFUSED: &'static str =
+        "secure, no ACCESS_PLATFORM: refused (sg.legacy_devices=refuse)";
+
+    /// `virtio.dma`.
+    pub fn dma(self) -> &'static str {
+        match self {
+            DmaExpect::Direct => "direct",
+            DmaExpect::Bounce(_) => "bounce",
+            DmaExpect::Refused => "none",
+        }
+    }
+
+    /// `virtio.dma_reason`.
+    pub fn reason(self) -> &'static str {
+        match self {
+            DmaExpect::Direct => Self::NOT_SECURE,
+            DmaExpect::Bounce(r) => r,
+            DmaExpect::Refused => Self::LEGACY_REFUSED,
+        }
+    }
+
+    /// `virtio.result` of a device that works.
+    pub fn result(self) -> DeviceResult {
+        match self {
+            DmaExpect::Refused => DeviceResult::Refused,
+            _ => DeviceResult::Ok,
+        }
+    }
 }
 
 impl Expected {
+    /// Whether QEMU offers `ACCESS_PLATFORM` to the guest: `iommu_platform=on` on a transport
+    /// that has feature bits above 31.
+    pub fn access_platform_offered(&self) -> bool {
+        self.iommu_platform && !self.transport.is_legacy()
+    }
+
+    /// The DMA path every device should take (docs/report.md, `virtio.dma_reason`).
+    pub fn dma_expect(&self) -> DmaExpect {
+        match &self.secure {
+            Some(s) if s.mode == SecureMode::Emulate => {
+                if self.access_platform_offered() {
+                    DmaExpect::Bounce(DmaExpect::NEGOTIATED)
+                } else if s.legacy_devices() == LegacyDevices::Bounce {
+                    DmaExpect::Bounce(DmaExpect::LEGACY_BOUNCE)
+                } else {
+                    DmaExpect::Refused
+                }
+            }
+            // `on` is rejected on these machines: no device is touched at all.
+            _ => DmaExpect::Direct,
+        }
+    }
+
     /// Whether the device should offer and the driver accept `RING_PACKED`.
     pub fn packed_offered(&self) -> bool {
         self.ring == Ring::Packed && !self.transport.is_legacy()
@@ -198,6 +272,9 @@ impl Expected {
             && c.read_limit != DEFAULT_CONSOLE_READ
         {
             words.push(format!("sg.console.read={}", c.read_limit));
+        }
+        if let Some(s) = &self.secure {
+            words.push(s.cmdline());
         }
         words.join(" ")
     }
@@ -295,6 +372,8 @@ pub fn check(expected: &Expected, records: &[Record], observed: &Observed) -> Ve
     let blks: Vec<_> = views.iter().filter(|(_, v)| v.device == "blk").collect();
     let mut matched: Vec<Option<(usize, bool)>> = Vec::new();
     let mut disk_taken = vec![false; expected.disks.len()];
+    // Images whose device was refused: never given memory, so never written.
+    let mut refused_image = vec![false; expected.disks.len()];
     for (n, (r, v)) in blks.iter().enumerate() {
         let who = format!("blk #{n} ({})", who(r, v));
         let ok = v.result == DeviceResult::Ok;
@@ -333,6 +412,9 @@ pub fn check(expected: &Expected, records: &[Record], observed: &Observed) -> Ve
             ));
         }
         disk_taken[i] = true;
+        if v.result == DeviceResult::Refused {
+            refused_image[i] = true;
+        }
         matched.push(Some((i, ok)));
         if ok {
             let named = expected.write.filter(|w| w.disk == n);
@@ -352,6 +434,8 @@ pub fn check(expected: &Expected, records: &[Record], observed: &Observed) -> Ve
         .write
         .map(|w| (w, matched.get(w.disk).copied().flatten()));
     let failed_device = blks.iter().any(|(_, v)| v.result != DeviceResult::Ok);
+    // Only refused blk devices: none was given memory, so no image may change.
+    let all_refused = blks.iter().all(|(_, v)| v.result == DeviceResult::Refused);
     match named {
         Some((w, None)) if !failed_device => f.push(format!(
             "sg.blk.disk={} names no blk record that matches a disk image: cannot tell which \
@@ -362,6 +446,10 @@ pub fn check(expected: &Expected, records: &[Record], observed: &Observed) -> Ve
     }
     for (i, d) in expected.disks.iter().enumerate() {
         let after = observed.disks_after.get(i);
+        if refused_image[i] || all_refused {
+            f.extend(untouched(d, &originals[i], after));
+            continue;
+        }
         match named {
             Some((w, Some((wi, true)))) if wi == i => {
                 f.extend(check_write_applied(d, &originals[i], after, &w))
@@ -376,6 +464,10 @@ pub fn check(expected: &Expected, records: &[Record], observed: &Observed) -> Ve
     // net, console, rng.
     for (r, v) in &views {
         let who = who(r, v);
+        if v.result == DeviceResult::Refused {
+            f.extend(check_refused_data(v, observed, &who));
+            continue;
+        }
         let found = match v.device.as_str() {
             "net" => specific::<VirtioNet>(r, v, &who).map(|n| match &expected.net {
                 Some(e) => check_net(e, &n, observed.echo.as_ref(), &who),
@@ -397,6 +489,36 @@ pub fn check(expected: &Expected, records: &[Record], observed: &Observed) -> Ve
         match found {
             Ok(x) | Err(x) => f.extend(x),
         }
+    }
+    f
+}
+
+/// A refused device moved nothing: no frames reached the echo backend, nothing reached the
+/// console port. (A refused disk's image is checked with the others: unchanged.)
+fn check_refused_data(v: &Virtio, observed: &Observed, who: &str) -> Vec<String> {
+    let mut f = Vec::new();
+    match v.device.as_str() {
+        "net" => {
+            if let Some(s) = &observed.echo
+                && s.frames_seen > 0
+            {
+                f.push(format!(
+                    "{who}: refused, but the echo backend received {} frames",
+                    s.frames_seen
+                ));
+            }
+        }
+        "console" => {
+            if let Some(out) = &observed.console_output
+                && !out.is_empty()
+            {
+                f.push(format!(
+                    "{who}: refused, but the console port received {} bytes",
+                    out.len()
+                ));
+            }
+        }
+        _ => {}
     }
     f
 }
@@ -472,17 +594,75 @@ fn has_bit(word: u64, bit: u32) -> bool {
 /// `result`, `dma`, `transport`, `device_id`, features and queues.
 pub fn check_common(e: &Expected, v: &Virtio, who: &str) -> Vec<String> {
     let mut f = Vec::new();
-    if v.result != DeviceResult::Ok {
+    let dma = e.dma_expect();
+    if v.result != dma.result() {
         f.push(format!(
-            "{who}: result {}{}",
+            "{who}: result {}{}, expected {}{}",
             v.result.as_str(),
             v.error
                 .as_deref()
-                .map_or(String::new(), |e| format!(": {e}"))
+                .map_or(String::new(), |e| format!(": {e}")),
+            dma.result().as_str(),
+            if dma == DmaExpect::Refused {
+                " (secure, no ACCESS_PLATFORM, sg.legacy_devices=refuse)"
+            } else {
+                ""
+            }
         ));
     }
-    if v.dma != "direct" {
-        f.push(format!("{who}: dma {:?}, expected \"direct\"", v.dma));
+    if v.dma != dma.dma() {
+        f.push(format!(
+            "{who}: dma {:?}, expected {:?} ({})",
+            v.dma,
+            dma.dma(),
+            dma.reason()
+        ));
+    }
+    match (&v.dma_reason, e.secure.is_some()) {
+        (Some(r), _) if r != dma.reason() => f.push(format!(
+            "{who}: dma_reason {r:?}, expected {:?}",
+            dma.reason()
+        )),
+        (None, true) => f.push(format!(
+            "{who}: no dma_reason (docs/report.md: every virtio record says why its DMA path), \
+             expected {:?}",
+            dma.reason()
+        )),
+        _ => {}
+    }
+    let refused = v.result == DeviceResult::Refused;
+    if refused
+        && (v.requests != 0
+            || v.bytes_to_device != 0
+            || v.bytes_from_device != 0
+            || !v.queues.is_empty())
+    {
+        f.push(format!(
+            "{who}: refused, so never given memory, but it reports {} requests, {} bytes to and \
+             {} bytes from the device, {} queues",
+            v.requests,
+            v.bytes_to_device,
+            v.bytes_from_device,
+            v.queues.len()
+        ));
+    }
+    let ap_offered = has_bit(v.features_offered.0, ACCESS_PLATFORM.0);
+    if ap_offered != e.access_platform_offered() {
+        f.push(format!(
+            "{who}: ACCESS_PLATFORM {} offered, but the host set iommu_platform={} on {}",
+            if ap_offered { "is" } else { "is not" },
+            if e.iommu_platform { "on" } else { "off" },
+            e.transport.report_name()
+        ));
+    }
+    if dma == DmaExpect::Bounce(DmaExpect::NEGOTIATED)
+        && !refused
+        && !has_bit(v.features_accepted.0, ACCESS_PLATFORM.0)
+    {
+        f.push(format!(
+            "{who}: dma bounce because ACCESS_PLATFORM was negotiated, but features_accepted \
+             lacks it"
+        ));
     }
     if v.transport != e.transport.report_name() {
         f.push(format!(
@@ -541,7 +721,13 @@ pub fn check_common(e: &Expected, v: &Virtio, who: &str) -> Vec<String> {
             ));
         }
     } else {
-        for (word, what) in [(offered, "offered"), (accepted, "accepted")] {
+        // A refused device was set to FAILED: what it accepted (if anything) is not checked.
+        let words: &[(u64, &str)] = if refused {
+            &[(offered, "offered")]
+        } else {
+            &[(offered, "offered"), (accepted, "accepted")]
+        };
+        for &(word, what) in words {
             if !has_bit(word, VERSION_1.0) {
                 f.push(format!("{who}: VERSION_1 not {what} on a modern transport"));
             }
@@ -561,7 +747,7 @@ pub fn check_common(e: &Expected, v: &Virtio, who: &str) -> Vec<String> {
         ));
     }
     let packed_accepted = has_bit(accepted, RING_PACKED.0);
-    if packed_accepted != (packed_asked && has_bit(offered, RING_PACKED.0)) {
+    if !refused && packed_accepted != (packed_asked && has_bit(offered, RING_PACKED.0)) {
         f.push(format!(
             "{who}: RING_PACKED {} accepted although it {} offered",
             if packed_accepted { "is" } else { "is not" },
@@ -1004,4 +1190,4 @@ pub fn check_file_region(file: &Path, seed: u64, offset: u64, len: u64) -> Resul
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

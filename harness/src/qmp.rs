@@ -1,5 +1,8 @@
 //! A minimal QMP client: enough to start a guest that QEMU holds with `-S` (`cont`) once the
-//! harness's backends are connected, or to ask QEMU a question while it runs.
+//! harness's backends are connected, to ask QEMU a question while it runs, and to dump guest
+//! memory of a run held at shutdown (`query-status`, `pmemsave`, `quit`). Events that arrive
+//! while a command waits for its answer are kept ([`Qmp::events`]), so that a `SHUTDOWN` is never
+//! lost to a `query-status` poll.
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
@@ -14,7 +17,12 @@ use serde_json::{Value, json};
 pub struct Qmp {
     writer: UnixStream,
     reader: BufReader<UnixStream>,
+    /// Events seen so far, oldest first (at most [`MAX_EVENTS`]).
+    events: Vec<Value>,
 }
+
+/// Events kept; later ones are dropped (a guest cannot make the harness grow without bound).
+pub const MAX_EVENTS: usize = 1000;
 
 impl Qmp {
     /// Connects to the socket QEMU serves (retrying until it exists, at most `timeout`), reads
@@ -50,6 +58,7 @@ impl Qmp {
         let mut qmp = Qmp {
             writer: stream.try_clone()?,
             reader: BufReader::new(stream),
+            events: Vec::new(),
         };
         let greeting = qmp.read_message().context("reading the QMP greeting")?;
         if greeting.get("QMP").is_none() {
@@ -79,8 +88,38 @@ impl Qmp {
             if let Some(e) = m.get("error") {
                 bail!("QMP {command} failed: {e}");
             }
+            if m.get("event").is_some() && self.events.len() < MAX_EVENTS {
+                self.events.push(m);
+            }
         }
         bail!("QMP {command}: no answer among 1000 messages")
+    }
+
+    /// Every event seen so far (`{"event": "SHUTDOWN", "data": {...}, "timestamp": {...}}`).
+    pub fn events(&self) -> &[Value] {
+        &self.events
+    }
+
+    /// The first event named `name` seen so far.
+    pub fn event(&self, name: &str) -> Option<&Value> {
+        self.events.iter().find(|e| e["event"] == name)
+    }
+
+    /// `query-status`: `running`, `paused`, `prelaunch`, `shutdown` (held at the guest's
+    /// power-off by `-action shutdown=pause`), ...
+    pub fn query_status(&mut self) -> Result<String> {
+        let r = self.execute("query-status", None)?;
+        r["status"]
+            .as_str()
+            .map(str::to_string)
+            .with_context(|| format!("query-status answered {r}"))
+    }
+
+    /// How long a read or write may take from now on.
+    pub fn set_timeout(&mut self, timeout: Duration) -> Result<()> {
+        self.writer.set_read_timeout(Some(timeout))?;
+        self.writer.set_write_timeout(Some(timeout))?;
+        Ok(())
     }
 
     fn read_message(&mut self) -> Result<Value> {
@@ -164,6 +203,10 @@ mod tests {
         let mut q = Qmp::connect(&sock, Duration::from_secs(5)).unwrap();
         assert_eq!(q.execute("cont", None).unwrap(), json!({}));
         server.join().unwrap();
+        // The event that came before the answer is kept.
+        assert_eq!(q.events().len(), 1);
+        assert!(q.event("RESUME").is_some());
+        assert!(q.event("SHUTDOWN").is_none());
     }
 
     #[test]

@@ -87,6 +87,26 @@ impl Record {
                 "bytes_to_device",
                 "bytes_from_device",
                 "dma",
+                "dma_reason",
+            ],
+            "secure" => &[
+                "mode",
+                "platform",
+                "secure",
+                "action",
+                "reasons",
+                "legacy_devices",
+                "granularity",
+            ],
+            "swiotlb" => &["base", "device_base", "size", "slot_size", "slots", "leak"],
+            "secret" => &["regions"],
+            "swiotlb_stats" => &[
+                "maps",
+                "unmaps",
+                "bounced_to_device",
+                "bounced_from_device",
+                "live_bytes",
+                "unzeroed_releases",
             ],
             // Unknown events: every field, in the order the guest wrote them (serde_json's
             // `preserve_order`).
@@ -355,6 +375,10 @@ fn check_view(r: &Record) -> Result<(), String> {
         Panic::NAME => fits::<Panic>(r),
         End::NAME => fits::<End>(r),
         Virtio::NAME => check_virtio(r),
+        Secure::NAME => fits::<Secure>(r),
+        Swiotlb::NAME => fits::<Swiotlb>(r),
+        Secret::NAME => fits::<Secret>(r),
+        SwiotlbStats::NAME => fits::<SwiotlbStats>(r),
         // New events are compatible: readers ignore what they do not know.
         _ => Ok(()),
     }
@@ -542,6 +566,9 @@ pub enum DeviceResult {
     Error,
     /// Nothing was asked of the device.
     Skipped,
+    /// A secure guest, a device without `ACCESS_PLATFORM` and `sg.legacy_devices=refuse`: set to
+    /// FAILED, never given memory. Not an error.
+    Refused,
 }
 
 impl DeviceResult {
@@ -550,6 +577,7 @@ impl DeviceResult {
             DeviceResult::Ok => "ok",
             DeviceResult::Error => "error",
             DeviceResult::Skipped => "skipped",
+            DeviceResult::Refused => "refused",
         }
     }
 }
@@ -595,8 +623,12 @@ pub struct Virtio {
     pub features_accepted_names: Vec<String>,
     pub access_platform: AccessPlatform,
     pub queues: Vec<VirtQueue>,
-    /// `direct`, later `bounce`, `iommu`, `iommu+bounce`.
+    /// `direct`, `bounce` (later `iommu`, `iommu+bounce`); `none` when refused.
     pub dma: String,
+    /// Why that path (`not secure`, `secure, ACCESS_PLATFORM negotiated`, ...). Optional here so
+    /// that reports of guests older than the field still parse; [`crate::secure`] requires it.
+    #[serde(default)]
+    pub dma_reason: Option<String>,
     pub requests: u64,
     pub bytes_to_device: u64,
     pub bytes_from_device: u64,
@@ -702,6 +734,116 @@ fn check_virtio(r: &Record) -> Result<(), String> {
         )),
     };
     specific.map_err(|e| format!("{} fields: {e}", v.device))
+}
+
+/// `secure.action`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SecureAction {
+    Proceed,
+    /// `end` follows with verdict `reject`; no device was touched.
+    Reject,
+}
+
+impl SecureAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SecureAction::Proceed => "proceed",
+            SecureAction::Reject => "reject",
+        }
+    }
+}
+
+/// `secure.facts`: what the guest detected.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+pub struct SecureFacts {
+    pub ultravisor: bool,
+    pub msr_s: bool,
+    pub sev_status: Hex,
+    pub tdx: bool,
+}
+
+/// `secure`: the boot-time decision, after `devtree`, before any device is touched.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+pub struct Secure {
+    /// `sg.secure` as asked: `off`, `on`, `auto`, `emulate`.
+    pub mode: String,
+    /// `none`, `emulated`, `pef`, `sev`, `sev-es`, `sev-snp`, `tdx`.
+    pub platform: String,
+    pub secure: bool,
+    pub action: SecureAction,
+    pub reasons: Vec<String>,
+    pub facts: SecureFacts,
+    /// `refuse` or `bounce`.
+    pub legacy_devices: String,
+    pub granularity: u64,
+}
+impl Event for Secure {
+    const NAME: &'static str = "secure";
+}
+
+/// One entry of `swiotlb.shares`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+pub struct ShareCall {
+    /// `share` or `unshare`.
+    pub op: String,
+    pub base: Hex,
+    pub size: u64,
+    /// `ok` or why not.
+    pub result: String,
+}
+
+/// `swiotlb`: the shared bounce pool of a secure guest.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+pub struct Swiotlb {
+    /// Guest-physical address of the pool (what a memory dump reads).
+    pub base: Hex,
+    /// The address devices use for it.
+    pub device_base: Hex,
+    pub size: u64,
+    pub slot_size: u64,
+    pub slots: u64,
+    pub max_mapping: u64,
+    pub shares: Vec<ShareCall>,
+    /// `sg.debug.leak=1`: released slots are not zeroed.
+    pub leak: bool,
+}
+impl Event for Swiotlb {
+    const NAME: &'static str = "swiotlb";
+}
+
+/// A guest-physical range.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+pub struct PhysRange {
+    pub base: Hex,
+    pub size: u64,
+}
+
+/// `secret`: private memory the guest filled with secret-marked records (emulate mode).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+pub struct Secret {
+    pub regions: Vec<PhysRange>,
+}
+impl Event for Secret {
+    const NAME: &'static str = "secret";
+}
+
+/// `swiotlb_stats`: the bounce path's counts, just before `end`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+pub struct SwiotlbStats {
+    pub maps: u64,
+    pub unmaps: u64,
+    pub bounced_to_device: u64,
+    pub bounced_from_device: u64,
+    pub high_water_bytes: u64,
+    pub high_water_slots: u64,
+    pub exhausted: u64,
+    pub zeroed_bytes: u64,
+    pub unzeroed_releases: u64,
+    pub live_bytes: u64,
+}
+impl Event for SwiotlbStats {
+    const NAME: &'static str = "swiotlb_stats";
 }
 
 /// `error`: something went wrong but the guest could say so; the verdict is `fail`.

@@ -5,6 +5,14 @@
 //! land there, so parallel runs never share a path and the command line has no temporary names
 //! in it. QEMU's own stdout and stderr go to `qemu.log` next to them (a file, so that a chatty
 //! QEMU can never fill a pipe and stall).
+//!
+//! A run *held at shutdown* ([`QemuConfig::hold_at_shutdown`]) ends differently. QEMU starts
+//! paused (`-S`, added here), the harness connects to QMP and lets the guest go (`cont`), then
+//! polls `query-status` until QEMU is held at the guest's power-off (status `shutdown`, after a
+//! `SHUTDOWN` event), all within the config's timeout. It reads the report so far, dumps the
+//! memory it names ([`crate::dump`]) and sends `quit`. The verdict is the `end` record's: QEMU's
+//! exit status after `quit` says nothing, so the cross-check is that QEMU was held at a shutdown
+//! the guest asked for (the event's `reason`, see [`Held`]).
 
 use std::fmt;
 use std::fs::{self, File};
@@ -14,7 +22,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-use crate::config::{CONSOLE_FILE, QMP_SOCKET, QemuConfig, absolute, shell_join};
+use crate::config::{Arch, CONSOLE_FILE, QMP_SOCKET, QemuConfig, absolute, shell_join};
+use crate::dump::{self, Dump, DumpPlan};
+use crate::qmp::Qmp;
 use crate::report::{self, Event, ProtocolError, Record, Report, Verdict};
 
 /// QEMU's stdout and stderr, in the run directory.
@@ -86,6 +96,51 @@ pub struct RunResult {
     pub wall_time: Duration,
     /// QEMU's own output (stderr and stdout).
     pub stderr: String,
+    /// Runs held at shutdown: how QEMU was held and what was dumped.
+    pub held: Option<Held>,
+}
+
+/// How a run held at shutdown ended ([`QemuConfig::hold_at_shutdown`]).
+#[derive(Clone, Debug, Default)]
+pub struct Held {
+    /// QEMU was held (QMP status `shutdown`) before the timeout.
+    pub paused: bool,
+    /// The `SHUTDOWN` event's `reason`: `guest-shutdown` for a power-off (RTAS, ACPI),
+    /// `guest-reset` for a reset that `-no-reboot` turned into a shutdown, `host-*` otherwise.
+    pub reason: Option<String>,
+    /// The event's `guest`: whether the guest asked.
+    pub guest: Option<bool>,
+    /// From the spawn to the moment the harness saw QEMU held.
+    pub paused_after: Option<Duration>,
+    /// The ranges dumped, with their bytes (files `dump-*.bin` in the run directory).
+    pub dumps: Vec<Dump>,
+    /// `dump-guest-memory`'s file, when the plan asked for it.
+    pub full_dump: Option<PathBuf>,
+    /// What could not be dumped, and QMP trouble on the way.
+    pub problems: Vec<String>,
+    /// What dumping took.
+    pub dump_time: Duration,
+}
+
+impl Held {
+    /// The dump of the range labelled `label` that starts at `base`.
+    pub fn dump(&self, label: &str, base: u64) -> Option<&Dump> {
+        self.dumps
+            .iter()
+            .find(|d| d.range.label == label && d.range.base == base)
+    }
+}
+
+/// The `SHUTDOWN` reasons that mean the guest ended the run itself. On x86 the guest's ACPI
+/// soft-off is asynchronous: the vCPU runs on until QEMU's main loop acts on it, and the guest's
+/// fallback (a triple fault, which `-no-reboot` makes a shutdown with reason `guest-reset`) can
+/// get there first. So x86 also accepts `guest-reset`, which is no weaker than the exit status 0
+/// an unheld run without the exit device accepts. pseries stops the CPU in RTAS power-off.
+pub fn accepted_shutdown_reasons(arch: Arch) -> &'static [&'static str] {
+    match arch {
+        Arch::Ppc64le => &["guest-shutdown"],
+        Arch::X86_64 => &["guest-shutdown", "guest-reset"],
+    }
 }
 
 impl RunResult {
@@ -147,6 +202,25 @@ impl fmt::Display for RunResult {
         )?;
         if let Some(d) = &self.diagnosis {
             writeln!(f, "why: {d}")?;
+        }
+        if let Some(h) = &self.held {
+            writeln!(
+                f,
+                "held: {} (SHUTDOWN reason {}), {} ranges dumped in {:.3} s{}",
+                if h.paused { "yes" } else { "no" },
+                h.reason.as_deref().unwrap_or("unknown"),
+                h.dumps.len(),
+                h.dump_time.as_secs_f64(),
+                h.full_dump
+                    .as_ref()
+                    .map_or(String::new(), |p| format!(", full dump {}", p.display()))
+            )?;
+            for d in &h.dumps {
+                writeln!(f, "  dumped {} -> {}", d.range, d.file)?;
+            }
+            for p in &h.problems {
+                writeln!(f, "  dump problem: {p}")?;
+            }
         }
         for e in &self.protocol_errors {
             writeln!(f, "protocol error: {e}")?;
@@ -240,14 +314,35 @@ impl Running {
             .is_none_or(|c| matches!(c.try_wait(), Ok(Some(_)) | Err(_)))
     }
 
+    /// The deadline: the spawn plus the config's timeout.
+    pub fn deadline(&self) -> Instant {
+        self.started + self.config.timeout
+    }
+
+    /// Connects to QEMU's QMP socket (until QEMU exits, 10 s, or the deadline).
+    pub fn connect_qmp(&mut self) -> Result<Qmp> {
+        let socket = self.qmp_socket();
+        let timeout = self
+            .deadline()
+            .saturating_duration_since(Instant::now())
+            .min(Duration::from_secs(10));
+        Qmp::connect_while(&socket, timeout, || !self.exited())
+    }
+
     /// Waits for QEMU to exit, killing it at the config's timeout (counted from the spawn), then
-    /// reads the console and decides the outcome.
+    /// reads the console and decides the outcome. For a run held at shutdown this kills QEMU at
+    /// the timeout too (nothing is dumped): use [`Running::finish_held`].
     pub fn wait(mut self) -> Result<RunResult> {
-        let mut child = self
+        let (status, timed_out) = self.wait_for_exit(self.deadline())?;
+        self.into_result(status, timed_out, None)
+    }
+
+    /// Waits for QEMU to exit until `deadline`, then kills it.
+    fn wait_for_exit(&mut self, deadline: Instant) -> Result<(ExitStatus, bool)> {
+        let child = self
             .child
-            .take()
+            .as_mut()
             .expect("a Running always has its child until waited");
-        let deadline = self.started + self.config.timeout;
         let mut timed_out = false;
         let status = loop {
             if let Some(status) = child.try_wait().context("waiting for QEMU")? {
@@ -271,12 +366,101 @@ impl Running {
             };
             std::thread::sleep(Duration::from_millis(nap).min(deadline - now));
         };
+        Ok((status, timed_out))
+    }
+
+    /// A run held at shutdown ([`QemuConfig::hold_at_shutdown`]), with `qmp` connected and the
+    /// guest let go (`cont`): waits until QEMU is held at the guest's power-off (or exits, or the
+    /// timeout passes), reads the report, dumps what `plan` makes of it, quits QEMU, and decides
+    /// the outcome from the `end` record and the `SHUTDOWN` reason.
+    pub fn finish_held(
+        mut self,
+        mut qmp: Qmp,
+        plan: &dyn Fn(&[Record]) -> DumpPlan,
+    ) -> Result<RunResult> {
+        let deadline = self.deadline();
+        let mut held = Held::default();
+        loop {
+            if self.exited() {
+                break;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            // A QEMU that stops answering must not hold the harness past the deadline.
+            let _ = qmp.set_timeout((deadline - now).max(Duration::from_millis(50)));
+            match qmp.query_status() {
+                Ok(s) if s == "shutdown" => {
+                    held.paused = true;
+                    held.paused_after = Some(self.started.elapsed());
+                    break;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    if !self.exited() {
+                        held.problems.push(format!("QMP: {e:#}"));
+                    }
+                    break;
+                }
+            }
+            let now = Instant::now();
+            let since = now - self.started;
+            let nap = if since < Duration::from_millis(200) {
+                2
+            } else {
+                10
+            };
+            std::thread::sleep(
+                Duration::from_millis(nap).min(deadline.saturating_duration_since(now)),
+            );
+        }
+        if let Some(e) = qmp.event("SHUTDOWN") {
+            held.reason = e["data"]["reason"].as_str().map(str::to_string);
+            held.guest = e["data"]["guest"].as_bool();
+        }
+        let mut quit_deadline = deadline;
+        if held.paused {
+            let _ = qmp.set_timeout(Duration::from_secs(30));
+            let console = read_if_exists(&self.console_path())?;
+            let report = Report::parse(&console);
+            let out = dump::save(&mut qmp, self.dir(), &plan(&report.records));
+            held.dumps = out.dumps;
+            held.full_dump = out.full;
+            held.problems.extend(out.problems);
+            held.dump_time = out.time;
+            let _ = qmp.set_timeout(Duration::from_secs(5));
+            if let Err(e) = qmp.execute("quit", None)
+                && !self.exited()
+            {
+                held.problems.push(format!("QMP quit: {e:#}"));
+            }
+            // QEMU exits at once after `quit`; the dumps are done, so the timeout is past.
+            quit_deadline = Instant::now() + Duration::from_secs(10);
+        }
+        drop(qmp);
+        let (status, timed_out) = self.wait_for_exit(quit_deadline)?;
+        // Killed after being held is not a wedged guest: the guest had ended.
+        let timed_out = timed_out && !held.paused;
+        self.into_result(status, timed_out, Some(held))
+    }
+
+    fn into_result(
+        mut self,
+        status: ExitStatus,
+        timed_out: bool,
+        held: Option<Held>,
+    ) -> Result<RunResult> {
+        self.child = None;
         let wall_time = self.started.elapsed();
         let dir = self.dir.path();
         let console_bytes = read_if_exists(&dir.join(CONSOLE_FILE))?;
         let stderr = String::from_utf8_lossy(&read_if_exists(&dir.join(QEMU_LOG))?).into_owned();
         let report = Report::parse(&console_bytes);
-        let (verdict, diagnosis) = decide(&self.config, &report, status, timed_out, &stderr);
+        let (verdict, diagnosis) = match &held {
+            Some(h) if !timed_out => decide_held(&self.config, &report, status, h, &stderr),
+            _ => decide(&self.config, &report, status, timed_out, &stderr),
+        };
         Ok(RunResult {
             config: self.config.clone(),
             command_line: std::mem::take(&mut self.command_line),
@@ -289,6 +473,7 @@ impl Running {
             diagnosis,
             wall_time,
             stderr,
+            held,
         })
     }
 }
@@ -307,6 +492,69 @@ fn read_if_exists(p: &Path) -> Result<Vec<u8>> {
         Ok(b) => Ok(b),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
         Err(e) => Err(e).with_context(|| format!("reading {}", p.display())),
+    }
+}
+
+/// The outcome of a held run that did not time out: the `end` record's verdict, when QEMU was
+/// held at a shutdown the guest asked for.
+fn decide_held(
+    config: &QemuConfig,
+    report: &Report,
+    status: ExitStatus,
+    held: &Held,
+    stderr: &str,
+) -> (Outcome, Option<String>) {
+    let has_end_record = report.records.iter().any(|r| r.event == "end");
+    let qemu_said = || {
+        stderr
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .map_or(String::new(), |l| format!(" (QEMU said: {})", l.trim()))
+    };
+    if !held.paused {
+        return (
+            Outcome::Crashed,
+            Some(format!(
+                "QEMU {} instead of holding at the guest's power-off (-action shutdown=pause): \
+                 nothing was dumped{}{}",
+                describe_status(status, false),
+                if has_end_record {
+                    ""
+                } else {
+                    ", and there is no `end` record"
+                },
+                qemu_said()
+            )),
+        );
+    }
+    let Some(end) = report.end() else {
+        return (
+            Outcome::Crashed,
+            Some(format!(
+                "QEMU was held at a shutdown (reason {}), but {}",
+                held.reason.as_deref().unwrap_or("unknown"),
+                if has_end_record {
+                    "the `end` record is malformed"
+                } else {
+                    "the console has no `end` record"
+                }
+            )),
+        );
+    };
+    let accepted = accepted_shutdown_reasons(config.arch);
+    match held.reason.as_deref() {
+        Some(r) if accepted.contains(&r) => (end.verdict.into(), None),
+        other => (
+            Outcome::Crashed,
+            Some(format!(
+                "QEMU was held at a shutdown with reason {}, not one the guest's power-off gives \
+                 ({}); the `end` record says `{}`",
+                other.unwrap_or("unknown (no SHUTDOWN event)"),
+                accepted.join(", "),
+                end.verdict.as_str()
+            )),
+        ),
     }
 }
 
@@ -395,7 +643,12 @@ fn spawn_with(config: &QemuConfig, dir: RunDir) -> Result<Running> {
             kernel.display()
         );
     }
-    let command_line = config.command_line();
+    let mut command_line = config.command_line();
+    // A held run is started by the harness once QMP is connected, so that the `SHUTDOWN` event
+    // cannot come before anyone listens.
+    if config.hold_at_shutdown && !command_line.iter().any(|a| a == "-S") {
+        command_line.push("-S".into());
+    }
     let log = File::create(dir.path().join(QEMU_LOG)).context("creating the QEMU log")?;
     let mut program = PathBuf::from(&command_line[0]);
     if program.components().count() > 1 {
@@ -454,12 +707,181 @@ fn kill_with_parent(cmd: &mut Command) {
 #[cfg(not(target_os = "linux"))]
 fn kill_with_parent(_: &mut Command) {}
 
-/// Boots `config` and waits for the result: spawn, timeout, console, outcome.
+/// Boots `config` and waits for the result: spawn, timeout, console, outcome. A run held at
+/// shutdown dumps what its report names ([`dump::plan_from_records`]) into the run directory,
+/// which is removed afterwards: the bytes are in [`Held::dumps`].
 pub fn run(config: &QemuConfig) -> Result<RunResult> {
-    spawn(config)?.wait()
+    finish(spawn(config)?, &dump::plan_from_records)
 }
 
 /// Like [`run`], keeping the run's files in `dir`.
 pub fn run_in(config: &QemuConfig, dir: &Path) -> Result<RunResult> {
-    spawn_in(config, dir)?.wait()
+    finish(spawn_in(config, dir)?, &dump::plan_from_records)
+}
+
+/// Like [`run_in`] (`dir` `None`: a temporary directory), with the dump plan of a held run
+/// chosen by `plan`.
+pub fn run_with_plan(
+    config: &QemuConfig,
+    dir: Option<&Path>,
+    plan: &dyn Fn(&[Record]) -> DumpPlan,
+) -> Result<RunResult> {
+    let running = match dir {
+        Some(d) => spawn_in(config, d)?,
+        None => spawn(config)?,
+    };
+    finish(running, plan)
+}
+
+fn finish(mut running: Running, plan: &dyn Fn(&[Record]) -> DumpPlan) -> Result<RunResult> {
+    if !running.config.hold_at_shutdown {
+        return running.wait();
+    }
+    let started = running
+        .connect_qmp()
+        .and_then(|mut q| q.execute("cont", None).map(|_| q));
+    match started {
+        Ok(qmp) => running.finish_held(qmp, plan),
+        Err(e) => {
+            // The guest never ran: say why, after QEMU is gone.
+            let mut r = running.wait()?;
+            if r.verdict == Outcome::Wedged || r.diagnosis.is_none() {
+                r.verdict = Outcome::Crashed;
+            }
+            r.diagnosis = Some(format!(
+                "could not start the held guest over QMP: {e:#}{}",
+                r.diagnosis
+                    .as_deref()
+                    .map_or(String::new(), |d| format!("; {d}"))
+            ));
+            Ok(r)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Machine;
+    use std::os::unix::process::ExitStatusExt;
+
+    fn held_config(m: Machine) -> QemuConfig {
+        let mut c = QemuConfig::new(m).unwrap();
+        c.hold_at_shutdown = true;
+        c.exit_device = false;
+        c
+    }
+
+    fn report(verdict: Option<&str>) -> Report {
+        let mut s = String::from("@sg {\"event\":\"boot\",\"v\":1}\n");
+        if let Some(v) = verdict {
+            s.push_str(&format!(
+                "@sg {{\"event\":\"end\",\"v\":1,\"verdict\":\"{v}\",\"errors\":0,\"warnings\":0,\"entry_to_end_us\":null}}\n"
+            ));
+        }
+        Report::parse(s.as_bytes())
+    }
+
+    fn held(reason: Option<&str>) -> Held {
+        Held {
+            paused: true,
+            reason: reason.map(str::to_string),
+            guest: Some(true),
+            ..Default::default()
+        }
+    }
+
+    /// `quit` makes QEMU exit 0 whatever the guest did: the verdict is the `end` record's.
+    #[test]
+    fn held_runs_take_the_verdict_from_the_end_record() {
+        let zero = ExitStatus::from_raw(0);
+        for m in Machine::ALL {
+            let c = held_config(m);
+            for (v, o) in [
+                ("pass", Outcome::Pass),
+                ("fail", Outcome::Fail),
+                ("reject", Outcome::Reject),
+            ] {
+                let (got, why) = decide_held(
+                    &c,
+                    &report(Some(v)),
+                    zero,
+                    &held(Some("guest-shutdown")),
+                    "",
+                );
+                assert_eq!((got, why), (o, None), "{m} {v}");
+            }
+        }
+    }
+
+    #[test]
+    fn held_runs_need_a_shutdown_the_guest_asked_for() {
+        let zero = ExitStatus::from_raw(0);
+        let pass = report(Some("pass"));
+        // x86's ACPI off can lose the race to its triple-fault fallback.
+        let (o, _) = decide_held(
+            &held_config(Machine::Q35),
+            &pass,
+            zero,
+            &held(Some("guest-reset")),
+            "",
+        );
+        assert_eq!(o, Outcome::Pass);
+        // pseries stops the CPU in RTAS power-off: a reset is a crash.
+        let (o, why) = decide_held(
+            &held_config(Machine::Pseries),
+            &pass,
+            zero,
+            &held(Some("guest-reset")),
+            "",
+        );
+        assert_eq!(o, Outcome::Crashed);
+        assert!(
+            why.as_deref().unwrap().contains("reason guest-reset")
+                && why.as_deref().unwrap().contains("(guest-shutdown)"),
+            "{why:?}"
+        );
+        for reason in [Some("host-signal"), Some("guest-panic"), None] {
+            let (o, why) = decide_held(
+                &held_config(Machine::Microvm),
+                &pass,
+                zero,
+                &held(reason),
+                "",
+            );
+            assert_eq!(o, Outcome::Crashed, "{reason:?}");
+            assert!(why.unwrap().contains("not one the guest's power-off gives"));
+        }
+    }
+
+    #[test]
+    fn held_runs_that_did_not_hold_or_did_not_end() {
+        let c = held_config(Machine::Microvm);
+        // QEMU exited by itself: -action ignored, or isa-debug-exit after all.
+        let not_held = Held::default();
+        let (o, why) = decide_held(
+            &c,
+            &report(Some("pass")),
+            ExitStatus::from_raw(1 << 8),
+            &not_held,
+            "qemu: something\n",
+        );
+        assert_eq!(o, Outcome::Crashed);
+        let why = why.unwrap();
+        assert!(
+            why.contains("exit status 1 instead of holding")
+                && why.contains("nothing was dumped")
+                && why.contains("QEMU said: qemu: something"),
+            "{why}"
+        );
+        let (o, why) = decide_held(
+            &c,
+            &report(None),
+            ExitStatus::from_raw(0),
+            &held(Some("guest-shutdown")),
+            "",
+        );
+        assert_eq!(o, Outcome::Crashed);
+        assert!(why.unwrap().contains("no `end` record"));
+    }
 }

@@ -11,6 +11,7 @@ use harness::Machine;
 use harness::devices::{Ring, Transport};
 use harness::matrix::{self, Cell, CellResult, CellVerdict, RunOptions};
 use harness::oracle::{Expected, WriteRequest};
+use harness::secure::SecureExpect;
 
 struct Fake {
     dir: tempfile::TempDir,
@@ -205,4 +206,192 @@ fn kept_files_and_reproduce() {
     let r = run(&cell, &small(cell.transport, cell.ring), &opts);
     assert_eq!(r.verdict, CellVerdict::Fail, "\n{r}");
     assert!(dir.join("disk0.img").is_file());
+}
+
+fn secure_opts(fake: &Fake, broken: &str, s: SecureExpect) -> RunOptions {
+    RunOptions {
+        secure: Some(s),
+        ..fake.opts(broken)
+    }
+}
+
+/// `--secure emulate` end to end against the model: held at shutdown, pool and secret region
+/// dumped over QMP, every oracle passes, on every cell (x86 legacy cells refuse their devices,
+/// pseries bounces them with sg.legacy_devices=bounce).
+#[test]
+fn secure_emulate_passes_every_cell() {
+    let fake = Fake::new();
+    let opts = secure_opts(&fake, "", SecureExpect::emulate());
+    let planned: Vec<_> = matrix::plan(true)
+        .into_iter()
+        .filter(|p| p.skip.is_none())
+        .collect();
+    let results = matrix::run_matrix(&planned, &|c: &Cell| small_for(c, &opts), &opts, 4, &|_| {});
+    for r in &results {
+        assert_eq!(r.verdict, CellVerdict::Pass, "\n{r}");
+        let held = r.run.as_ref().unwrap().held.as_ref().unwrap();
+        assert!(held.paused && held.dumps.len() == 2, "\n{r}");
+        assert!(r.reproduce.contains(" --secure emulate"), "{}", r.reproduce);
+    }
+}
+
+/// The standard secure workload with small disks.
+fn small_for(c: &Cell, opts: &RunOptions) -> Expected {
+    matrix::secure_expected(c, small(c.transport, c.ring), opts.secure.unwrap())
+}
+
+#[test]
+fn secure_on_is_rejected_and_that_passes() {
+    let fake = Fake::new();
+    let opts = secure_opts(&fake, "", SecureExpect::on());
+    for c in [
+        Cell {
+            machine: Machine::Q35,
+            firmware: None,
+            transport: Transport::PciModern,
+            ring: Ring::Split,
+        },
+        Cell {
+            machine: Machine::Pseries,
+            firmware: Some(harness::Firmware::Vof),
+            transport: Transport::PciLegacy,
+            ring: Ring::Split,
+        },
+    ] {
+        let r = run(&c, &small_for(&c, &opts), &opts);
+        assert_eq!(r.verdict, CellVerdict::Pass, "\n{r}");
+        assert_eq!(r.run.as_ref().unwrap().verdict, harness::Outcome::Reject);
+    }
+}
+
+/// The negative control against the model: sg.debug.leak=1 leaves the release probe's marks and
+/// disk data in the pool; the memory oracle must fail the cell.
+#[test]
+fn the_leak_is_caught() {
+    let fake = Fake::new();
+    let opts = secure_opts(
+        &fake,
+        "",
+        SecureExpect {
+            leak: true,
+            ..SecureExpect::emulate()
+        },
+    );
+    let c = Cell {
+        machine: Machine::Microvm,
+        firmware: None,
+        transport: Transport::MmioV2,
+        ring: Ring::Packed,
+    };
+    let r = run(&c, &small_for(&c, &opts), &opts);
+    assert_eq!(r.verdict, CellVerdict::Fail, "\n{r}");
+    assert!(r.reason.contains("256 secret-marked records"), "\n{r}");
+    assert!(r.reason.contains("the release probe's mark"), "\n{r}");
+    assert!(
+        r.failures
+            .iter()
+            .any(|f| f.contains("still holds") && f.contains("disk0.img (blk read data)")),
+        "\n{r}"
+    );
+    assert!(
+        r.reproduce.ends_with("--secure emulate --leak"),
+        "{}",
+        r.reproduce
+    );
+}
+
+#[test]
+fn broken_secure_guests_and_hosts_fail_for_the_right_reason() {
+    let fake = Fake::new();
+    let c = Cell {
+        machine: Machine::Q35,
+        firmware: None,
+        transport: Transport::PciModern,
+        ring: Ring::Split,
+    };
+    let e = |o: &RunOptions| small_for(&c, o);
+    for (broken, verdict, want) in [
+        (
+            "secret-in-pool",
+            CellVerdict::Fail,
+            "1 secret-marked records",
+        ),
+        (
+            "no-marks",
+            CellVerdict::Fail,
+            "0 of 4096 records are valid secret marks",
+        ),
+        (
+            "no-hold",
+            CellVerdict::Crashed,
+            "instead of holding at the guest's power-off",
+        ),
+        (
+            "net-frame",
+            CellVerdict::Fail,
+            "frames_verified 7 of frames_sent 8",
+        ),
+    ] {
+        let o = secure_opts(&fake, broken, SecureExpect::emulate());
+        let r = run(&c, &e(&o), &o);
+        assert_eq!(r.verdict, verdict, "{broken}\n{r}");
+        assert!(
+            r.reason.contains(want) || r.failures.iter().any(|f| f.contains(want)),
+            "{broken}: want {want:?}\n{r}"
+        );
+    }
+    // A held reset: x86's ACPI off may lose that race, pseries' RTAS power-off may not.
+    let o = secure_opts(&fake, "reset", SecureExpect::emulate());
+    assert_eq!(run(&c, &e(&o), &o).verdict, CellVerdict::Pass);
+    let ppc = Cell {
+        machine: Machine::Pseries,
+        firmware: Some(harness::Firmware::Vof),
+        transport: Transport::PciModern,
+        ring: Ring::Split,
+    };
+    let r = run(&ppc, &small_for(&ppc, &o), &o);
+    assert_eq!(r.verdict, CellVerdict::Crashed, "\n{r}");
+    assert!(r.reason.contains("reason guest-reset"), "\n{r}");
+}
+
+/// `harness::run` of a held config: QEMU started at -S, let go over QMP, held, the report's
+/// ranges dumped, quit; the verdict is the `end` record's.
+#[test]
+fn run_holds_and_dumps() {
+    let fake = Fake::new();
+    let mut config = harness::QemuConfig::new(Machine::Pc).unwrap();
+    config.qemu_binary = Some(fake.qemu(""));
+    config.kernel = fake.dir.path().join("kernel");
+    config.hold_at_shutdown = true;
+    assert!(config.validate().is_err(), "the exit device is in the way");
+    config.exit_device = false;
+    config.append = Some("sg.secure=emulate".into());
+    let dir = fake.dir.path().join("held");
+    let r = harness::run_in(&config, &dir).unwrap();
+    assert_eq!(r.verdict, harness::Outcome::Pass, "{r}");
+    assert!(r.command_line.ends_with(&["-S".to_string()]), "{r}");
+    assert!(r.reproduce().contains(" -action shutdown=pause "), "{r}");
+    let held = r.held.as_ref().unwrap();
+    assert_eq!(held.reason.as_deref(), Some("guest-shutdown"));
+    let files: Vec<&str> = held.dumps.iter().map(|d| d.file.as_str()).collect();
+    assert_eq!(
+        files,
+        ["dump-swiotlb-0x1fa00000.bin", "dump-secret-0x4000000.bin"]
+    );
+    for d in &held.dumps {
+        assert_eq!(fs::read(dir.join(&d.file)).unwrap(), d.data);
+    }
+    assert_eq!(
+        secure_guest::platform::secret::find_marks(&held.dumps[1].data).count(),
+        4096
+    );
+    // Not secure: held all the same, nothing to dump.
+    config.append = None;
+    let r = harness::run(&config).unwrap();
+    assert_eq!(r.verdict, harness::Outcome::Pass, "{r}");
+    assert!(r.held.as_ref().unwrap().dumps.is_empty());
+    // A QEMU that exits instead of holding.
+    config.qemu_binary = Some(fake.qemu("no-hold"));
+    let r = harness::run(&config).unwrap();
+    assert_eq!(r.verdict, harness::Outcome::Crashed, "{r}");
 }

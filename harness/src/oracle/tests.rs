@@ -5,13 +5,16 @@
 use serde_json::{Value, json};
 
 use super::*;
+use crate::dump::{Dump, DumpRange};
 use crate::echo::{EchoStats, guest_frame, parse_guest_frame};
 use crate::report::Report;
+use crate::run::Held;
+use secure_guest::platform::secret;
 
 const MAC: Mac = Mac([0x52, 0x54, 0x00, 0x53, 0x47, 0x01]);
 const INPUT: &[u8] = b"hello from the host\n";
 
-fn expected(transport: Transport, ring: Ring) -> Expected {
+pub(crate) fn expected(transport: Transport, ring: Ring) -> Expected {
     Expected {
         transport,
         ring,
@@ -47,18 +50,30 @@ fn expected(transport: Transport, ring: Ring) -> Expected {
             read_limit: DEFAULT_CONSOLE_READ,
         }),
         rng: true,
+        iommu_platform: false,
+        secure: None,
     }
 }
 
 /// What a correct guest leaves behind: its records (as JSON values, to be broken by tests) and
 /// the host-side evidence.
-struct Model {
-    records: Vec<Value>,
-    observed: Observed,
+pub(crate) struct Model {
+    pub(crate) records: Vec<Value>,
+    pub(crate) observed: Observed,
+    /// Secure runs: QEMU held at shutdown, the pool and the secret region dumped.
+    pub(crate) held: Option<Held>,
 }
 
+/// Where the model's secure guest puts things.
+pub(crate) const POOL_BASE: u64 = 0x1f00_0000;
+pub(crate) const POOL_SIZE: u64 = 4 << 20;
+pub(crate) const SLOT_SIZE: u64 = 2048;
+pub(crate) const SECRET_BASE: u64 = 0x1e00_0000;
+/// Not a multiple of 16: the region ends in `#` filler.
+pub(crate) const SECRET_SIZE: u64 = (64 << 10) + 5;
+
 impl Model {
-    fn records(&self) -> Vec<Record> {
+    pub(crate) fn records(&self) -> Vec<Record> {
         let mut text = String::new();
         for r in &self.records {
             text.push_str("@sg ");
@@ -74,12 +89,33 @@ impl Model {
         report.records
     }
 
-    fn check(&self, e: &Expected) -> Vec<String> {
+    pub(crate) fn check(&self, e: &Expected) -> Vec<String> {
         check(e, &self.records(), &self.observed)
     }
 
+    /// The record of `event` (the first).
+    pub(crate) fn record(&mut self, event: &str) -> &mut Value {
+        self.records
+            .iter_mut()
+            .find(|r| r["event"] == event)
+            .unwrap_or_else(|| panic!("no {event} record"))
+    }
+
+    /// The dumped pool.
+    pub(crate) fn pool(&mut self) -> &mut Vec<u8> {
+        &mut self
+            .held
+            .as_mut()
+            .unwrap()
+            .dumps
+            .iter_mut()
+            .find(|d| d.range.label == "swiotlb")
+            .unwrap()
+            .data
+    }
+
     /// The virtio record of `device` (the first, or the n-th blk).
-    fn virtio(&mut self, device: &str, n: usize) -> &mut Value {
+    pub(crate) fn virtio(&mut self, device: &str, n: usize) -> &mut Value {
         self.records
             .iter_mut()
             .filter(|r| r["event"] == "virtio" && r["device"] == device)
@@ -101,8 +137,10 @@ fn names(word: u64) -> Vec<&'static str> {
 }
 
 /// A guest that does everything right. With `read_after_write`, it reads the disk after
-/// writing it (the contract does not say which comes first).
-fn model(e: &Expected, read_after_write: bool) -> Model {
+/// writing it (the contract does not say which comes first). With `e.secure`, it is a secure
+/// guest (docs/report.md: `secure`, `swiotlb`, `secret`, `swiotlb_stats`, `virtio.dma`) and the
+/// host's dumps of its pool and secret region come with it.
+pub(crate) fn model(e: &Expected, read_after_write: bool) -> Model {
     let mmio = e.transport.is_mmio();
     let locations: Vec<String> = (0..6)
         .map(|i| {
@@ -128,33 +166,76 @@ fn model(e: &Expected, read_after_write: bool) -> Model {
     let mut records = vec![
         json!({"event": "boot", "v": 1, "arch": "x86_64", "machine": "q35", "firmware": "pvh",
                "guest": "0.1.0", "load_addr": "0x100000", "image_end": "0x1a0000",
-               "ram_bytes": 1, "ram_top": "0x1", "memory": [], "memory_dropped": 0, "cpus": 1,
+               "ram_bytes": 536_346_624u64, "ram_top": "0x20000000",
+               "memory": [{"base": "0x0", "size": 654_336, "kind": "ram", "label": "ram"},
+                          {"base": "0x100000", "size": 535_822_336u64, "kind": "ram", "label": "ram"},
+                          {"base": "0x0", "size": 1_048_576, "kind": "reserved", "label": "bios"},
+                          {"base": "0x100000", "size": 655_360, "kind": "reserved", "label": "image"}],
+               "memory_dropped": 0, "cpus": 1,
                "cmdline": e.cmdline(), "console": "com1", "tick_hz": null, "tick_source": "pit",
                "entry_to_boot_ticks": 1, "entry_to_boot_us": null}),
+        json!({"event": "heap", "v": 1, "base": "0x1a0000", "size": 67_108_864}),
         devtree,
     ];
+    let secure = e
+        .secure
+        .filter(|s| s.mode == crate::secure::SecureMode::Emulate);
+    if let Some(s) = &secure {
+        records.push(
+            json!({"event": "secure", "v": 1, "mode": "emulate", "platform": "emulated",
+            "secure": true, "action": "proceed", "reasons": ["sg.secure=emulate"],
+            "facts": {"ultravisor": false, "msr_s": false, "sev_status": "0x0", "tdx": false},
+            "legacy_devices": s.legacy_devices().as_str(), "granularity": 4096}),
+        );
+        records.push(json!({"event": "swiotlb", "v": 1, "base": hex(POOL_BASE),
+            "device_base": hex(POOL_BASE), "size": POOL_SIZE, "slot_size": SLOT_SIZE,
+            "slots": POOL_SIZE / SLOT_SIZE, "max_mapping": 256 << 10,
+            "shares": [{"op": "share", "base": hex(POOL_BASE), "size": POOL_SIZE, "result": "ok"}],
+            "leak": s.leak}));
+    }
+    let dma = e.dma_expect();
+    let refused = dma == DmaExpect::Refused;
+    let ap = e.access_platform_offered();
     let offered = if e.transport.is_legacy() {
         0x1000_0206
     } else {
-        (1 << 32) | 0x206 | if e.packed_offered() { 1 << 34 } else { 0 }
+        (1 << 32)
+            | 0x206
+            | if e.packed_offered() { 1 << 34 } else { 0 }
+            | if ap { 1 << 33 } else { 0 }
     };
-    let accepted = offered & !0x1000_0000;
+    let accepted = if refused { 0 } else { offered & !0x1000_0000 };
     let packed = accepted & (1 << 34) != 0;
     let mut loc = locations.iter();
     let common = |device: &str, id: u32, loc: &str| {
-        json!({"event": "virtio", "v": 1, "device": device, "device_id": id,
+        let mut r = json!({"event": "virtio", "v": 1, "device": device, "device_id": id,
                "transport": e.transport.report_name(), "location": loc,
                "features_offered": hex(offered), "features_accepted": hex(accepted),
                "features_offered_names": names(offered), "features_accepted_names": names(accepted),
-               "access_platform": {"offered": false, "accepted": false},
+               "access_platform": {"offered": ap, "accepted": ap && !refused},
                "queues": [{"index": 0, "size": 256, "ring": if packed { "packed" } else { "split" },
                            "indirect": false, "event_idx": false}],
-               "dma": "direct", "requests": 3, "bytes_to_device": 10, "bytes_from_device": 10,
-               "notifications": 3, "result": "ok"})
+               "dma": dma.dma(), "dma_reason": dma.reason(), "requests": 3,
+               "bytes_to_device": 10, "bytes_from_device": 10,
+               "notifications": 3, "result": "ok"});
+        if refused {
+            r["queues"] = json!([]);
+            r["requests"] = json!(0);
+            r["bytes_to_device"] = json!(0);
+            r["bytes_from_device"] = json!(0);
+            r["notifications"] = json!(0);
+            r["result"] = json!("refused");
+        }
+        r
     };
     let mut disks_after = Vec::new();
     for (n, d) in e.disks.iter().enumerate() {
         let mut r = common("blk", 2, loc.next().unwrap());
+        if refused {
+            records.push(r);
+            disks_after.push(Some(d.content()));
+            continue;
+        }
         let mut content = d.content();
         let w = e.write.filter(|w| w.disk == n);
         let mut write_field = Value::Null;
@@ -185,7 +266,10 @@ fn model(e: &Expected, read_after_write: bool) -> Model {
         disks_after.push(Some(content));
     }
     let mut echo = EchoStats::default();
-    if let Some(n) = &e.net {
+    if e.net.is_some() && refused {
+        records.push(common("net", 1, loc.next().unwrap()));
+        echo.connections = 1;
+    } else if let Some(n) = &e.net {
         let mut r = common("net", 1, loc.next().unwrap());
         let m = r.as_object_mut().unwrap();
         m.insert("mac".into(), json!(n.mac.to_string()));
@@ -205,7 +289,9 @@ fn model(e: &Expected, read_after_write: bool) -> Model {
             }
         }
     }
-    if let Some(c) = &e.console {
+    if e.console.is_some() && refused {
+        records.push(common("console", 3, loc.next().unwrap()));
+    } else if let Some(c) = &e.console {
         let mut r = common("console", 3, loc.next().unwrap());
         let line = console_line();
         let read = &c.input[..c.input.iter().position(|&b| b == b'\n').unwrap() + 1];
@@ -219,10 +305,46 @@ fn model(e: &Expected, read_after_write: bool) -> Model {
     }
     if e.rng {
         let mut r = common("rng", 4, loc.next().unwrap());
-        r.as_object_mut()
-            .unwrap()
-            .insert("entropy_bytes".into(), json!(64));
+        if !refused {
+            r.as_object_mut()
+                .unwrap()
+                .insert("entropy_bytes".into(), json!(64));
+        }
         records.push(r);
+    }
+    let mut held = None;
+    if let Some(s) = &secure {
+        let devices = records.iter().filter(|r| r["event"] == "virtio").count() as u64;
+        let maps = if refused { 0 } else { 3 * devices };
+        records.push(json!({"event": "secret", "v": 1,
+            "regions": [{"base": hex(SECRET_BASE), "size": SECRET_SIZE}]}));
+        records.push(
+            json!({"event": "swiotlb_stats", "v": 1, "maps": maps, "unmaps": maps,
+            "bounced_to_device": 100 * maps, "bounced_from_device": 100 * maps,
+            "high_water_bytes": 8192, "high_water_slots": 4, "exhausted": 0,
+            "zeroed_bytes": if s.leak { 0 } else { 4096 * maps },
+            "unzeroed_releases": if s.leak { maps } else { 0 }, "live_bytes": 0}),
+        );
+        let mut marked = vec![0u8; SECRET_SIZE as usize];
+        secret::fill(&mut marked, 1000);
+        let dump = |label: &str, base: u64, data: Vec<u8>| {
+            let range = DumpRange::new(label, base, data.len() as u64);
+            Dump {
+                file: range.file_name(),
+                range,
+                data,
+            }
+        };
+        held = Some(Held {
+            paused: true,
+            reason: Some("guest-shutdown".into()),
+            guest: Some(true),
+            dumps: vec![
+                dump("swiotlb", POOL_BASE, vec![0u8; POOL_SIZE as usize]),
+                dump("secret", SECRET_BASE, marked),
+            ],
+            ..Default::default()
+        });
     }
     records.push(
         json!({"event": "end", "v": 1, "verdict": "pass", "errors": 0, "warnings": 0,
@@ -233,8 +355,9 @@ fn model(e: &Expected, read_after_write: bool) -> Model {
         observed: Observed {
             disks_after,
             echo: Some(echo),
-            console_output: Some(console_line()),
+            console_output: Some(if refused { Vec::new() } else { console_line() }),
         },
+        held,
     }
 }
 
@@ -247,7 +370,7 @@ fn fail_the_end(m: &mut Model, errors: u64) {
 
 /// Asserts that `failures` has one that contains every word of `want`.
 #[track_caller]
-fn assert_fails_with(failures: &[String], want: &[&str]) {
+pub(crate) fn assert_fails_with(failures: &[String], want: &[&str]) {
     assert!(
         failures.iter().any(|f| want.iter().all(|w| f.contains(w))),
         "no failure mentions {want:?}: {failures:#?}"
@@ -499,10 +622,8 @@ fn blk_read_oracle() {
 
     // The disks in report order need not be the harness's order.
     let mut m = model(&e, false);
-    let (a, b) = (
-        m.records.iter().position(|r| r["device"] == "blk").unwrap(),
-        3,
-    );
+    let a = m.records.iter().position(|r| r["device"] == "blk").unwrap();
+    let b = a + 1;
     m.records.swap(a, b);
     // Now disk1 is blk #0 and sg.blk.disk=0 names it, but the write went to disk0.
     let f = m.check(&e);
