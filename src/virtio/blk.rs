@@ -257,19 +257,7 @@ pub fn run<T: Transport + ?Sized>(
     });
     let (negotiation, config) = match init {
         Ok(v) => v,
-        Err(fail) => {
-            let dma = res.dma_report(fail.accepted);
-            let teardown = res.release(t, settings, clock);
-            return DriverRun {
-                offered: fail.offered,
-                accepted: fail.accepted,
-                queues: Vec::new(),
-                counters: Counters::default(),
-                outcome: fail.outcome().with_teardown(teardown),
-                dma,
-                specific: info,
-            };
-        }
+        Err(fail) => return res.init_failed(t, settings, clock, fail, info),
     };
     let queues: Vec<QueueInfo> = res.queues.iter().map(QueueInfo::of).collect();
     res.queues[0].set_interrupts(false);
@@ -284,22 +272,11 @@ pub fn run<T: Transport + ?Sized>(
     };
     let result = blk.test(&negotiation, &config, params, &mut info);
     let counters = blk.counters;
-    let dma = res.dma_report(negotiation.accepted);
-    let teardown = res.release(t, settings, clock);
     let outcome = match result {
         Ok(()) => Outcome::Ok,
         Err(e) => Outcome::Error(e),
-    }
-    .with_teardown(teardown);
-    DriverRun {
-        offered: negotiation.offered,
-        accepted: negotiation.accepted,
-        queues,
-        counters,
-        outcome,
-        dma,
-        specific: info,
-    }
+    };
+    res.finish(t, settings, clock, &negotiation, queues, counters, outcome, info)
 }
 
 struct Blk<'a, 'd, T: ?Sized> {

@@ -84,19 +84,7 @@ pub fn run<T: Transport + ?Sized>(
     });
     let negotiation = match init {
         Ok((n, ())) => n,
-        Err(fail) => {
-            let dma = res.dma_report(fail.accepted);
-            let teardown = res.release(t, settings, clock);
-            return DriverRun {
-                offered: fail.offered,
-                accepted: fail.accepted,
-                queues: Vec::new(),
-                counters: Counters::default(),
-                outcome: fail.outcome().with_teardown(teardown),
-                dma,
-                specific: info,
-            };
-        }
+        Err(fail) => return res.init_failed(t, settings, clock, fail, info),
     };
     let queues: Vec<QueueInfo> = res.queues.iter().map(QueueInfo::of).collect();
     for q in &mut res.queues {
@@ -112,22 +100,11 @@ pub fn run<T: Transport + ?Sized>(
         read_limit,
         &mut info,
     );
-    let dma = res.dma_report(negotiation.accepted);
-    let teardown = res.release(t, settings, clock);
     let outcome = match result {
         Ok(()) => Outcome::Ok,
         Err(e) => Outcome::Error(e),
-    }
-    .with_teardown(teardown);
-    DriverRun {
-        offered: negotiation.offered,
-        accepted: negotiation.accepted,
-        queues,
-        counters,
-        outcome,
-        dma,
-        specific: info,
-    }
+    };
+    res.finish(t, settings, clock, &negotiation, queues, counters, outcome, info)
 }
 
 fn test<T: Transport + ?Sized>(

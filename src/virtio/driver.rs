@@ -498,6 +498,57 @@ impl<'d> Resources<'d> {
     /// frees every region and queue. If the reset does not complete, nothing is given back (the
     /// device may still use it) and the error says so. A refused device was given nothing and
     /// is left as it is: FAILED, which tells the host the driver gave up on it.
+    /// Ends a run whose init failed: the DMA path the device would have had, then reset and
+    /// give everything back ([`Resources::release`]), with a teardown failure folded in.
+    pub fn init_failed<T: Transport + ?Sized, S>(
+        self,
+        t: &mut T,
+        settings: &Settings,
+        clock: &dyn Clock,
+        fail: InitFailure,
+        specific: S,
+    ) -> DriverRun<S> {
+        let dma = self.dma_report(fail.accepted);
+        let outcome = fail.outcome();
+        let teardown = self.release(t, settings, clock);
+        DriverRun {
+            offered: fail.offered,
+            accepted: fail.accepted,
+            queues: Vec::new(),
+            counters: Counters::default(),
+            outcome: outcome.with_teardown(teardown),
+            dma,
+            specific,
+        }
+    }
+
+    /// Ends a run after the driver's test: the DMA path, then reset and give everything back
+    /// ([`Resources::release`]), with a teardown failure folded into `outcome`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn finish<T: Transport + ?Sized, S>(
+        self,
+        t: &mut T,
+        settings: &Settings,
+        clock: &dyn Clock,
+        negotiation: &Negotiation,
+        queues: Vec<QueueInfo>,
+        counters: Counters,
+        outcome: Outcome,
+        specific: S,
+    ) -> DriverRun<S> {
+        let dma = self.dma_report(negotiation.accepted);
+        let teardown = self.release(t, settings, clock);
+        DriverRun {
+            offered: negotiation.offered,
+            accepted: negotiation.accepted,
+            queues,
+            counters,
+            outcome: outcome.with_teardown(teardown),
+            dma,
+            specific,
+        }
+    }
+
     pub fn release<T: Transport + ?Sized>(
         self,
         t: &mut T,

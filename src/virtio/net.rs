@@ -146,19 +146,7 @@ pub fn run<T: Transport + ?Sized>(
     });
     let (negotiation, mac) = match init {
         Ok(v) => v,
-        Err(fail) => {
-            let dma = res.dma_report(fail.accepted);
-            let teardown = res.release(t, settings, clock);
-            return DriverRun {
-                offered: fail.offered,
-                accepted: fail.accepted,
-                queues: Vec::new(),
-                counters: Counters::default(),
-                outcome: fail.outcome().with_teardown(teardown),
-                dma,
-                specific: info,
-            };
-        }
+        Err(fail) => return res.init_failed(t, settings, clock, fail, info),
     };
     info.mac = Some(mac);
     let queues: Vec<QueueInfo> = res.queues.iter().map(QueueInfo::of).collect();
@@ -186,23 +174,12 @@ pub fn run<T: Transport + ?Sized>(
         };
         e.test(&mut info).map(|()| true)
     };
-    let dma = res.dma_report(negotiation.accepted);
-    let teardown = res.release(t, settings, clock);
     let outcome = match result {
         Ok(true) => Outcome::Ok,
         Ok(false) => Outcome::Skipped,
         Err(e) => Outcome::Error(e),
-    }
-    .with_teardown(teardown);
-    DriverRun {
-        offered: negotiation.offered,
-        accepted: negotiation.accepted,
-        queues,
-        counters,
-        outcome,
-        dma,
-        specific: info,
-    }
+    };
+    res.finish(t, settings, clock, &negotiation, queues, counters, outcome, info)
 }
 
 struct Echo<'a, 'd, T: ?Sized> {

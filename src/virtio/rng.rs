@@ -42,19 +42,7 @@ pub fn run<T: Transport + ?Sized>(
     });
     let negotiation = match init {
         Ok((n, ())) => n,
-        Err(fail) => {
-            let dma = res.dma_report(fail.accepted);
-            let teardown = res.release(t, settings, clock);
-            return DriverRun {
-                offered: fail.offered,
-                accepted: fail.accepted,
-                queues: Vec::new(),
-                counters: Counters::default(),
-                outcome: fail.outcome().with_teardown(teardown),
-                dma,
-                specific: info,
-            };
-        }
+        Err(fail) => return res.init_failed(t, settings, clock, fail, info),
     };
     let queues: Vec<QueueInfo> = res.queues.iter().map(QueueInfo::of).collect();
     res.queues[0].set_interrupts(false);
@@ -73,23 +61,12 @@ pub fn run<T: Transport + ?Sized>(
         )
         .map(|()| true)
     };
-    let dma = res.dma_report(negotiation.accepted);
-    let teardown = res.release(t, settings, clock);
     let outcome = match result {
         Ok(true) => Outcome::Ok,
         Ok(false) => Outcome::Skipped,
         Err(e) => Outcome::Error(e),
-    }
-    .with_teardown(teardown);
-    DriverRun {
-        offered: negotiation.offered,
-        accepted: negotiation.accepted,
-        queues,
-        counters,
-        outcome,
-        dma,
-        specific: info,
-    }
+    };
+    res.finish(t, settings, clock, &negotiation, queues, counters, outcome, info)
 }
 
 fn read<T: Transport + ?Sized>(
