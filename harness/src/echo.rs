@@ -32,13 +32,12 @@ use secure_guest::pattern;
 
 use crate::devices::Mac;
 
-pub const ETHERTYPE: u16 = 0x88b5;
-pub const MAGIC: &[u8; 7] = b"sg-echo";
-pub const PATTERN_SEED: u64 = 0x4e4554;
-pub const PATTERN_LEN: usize = 64;
-/// Where the pattern bytes start.
-pub const PATTERN_AT: usize = 25;
-pub const FRAME_LEN: usize = PATTERN_AT + PATTERN_LEN;
+/// The frame layout of docs/report.md, as the guest's net driver defines it: one definition, so
+/// the backend and the guest cannot drift apart. (The echo rule itself is written out below,
+/// independently of the guest's check.)
+pub use secure_guest::virtio::net::{
+    ETHERTYPE, FRAME_LEN, MAGIC, PATTERN_AT, PATTERN_LEN, PATTERN_SEED,
+};
 /// The guest's default `sg.net.frames`.
 pub const DEFAULT_FRAMES: u32 = 8;
 
