@@ -713,3 +713,60 @@ fn placement() {
     assert_eq!(place(&m, 0, 4096, 1 << 32), None);
     assert_eq!(place(&m, 4096, 3, 1 << 32), None);
 }
+
+/// The wide copy and zeroing helpers, at every slot-side and private-side misalignment and at
+/// lengths around the unrolled step: exactly `len` bytes are copied or zeroed, nothing around
+/// them is touched.
+#[test]
+fn copy_and_zero_helpers_are_exact_at_any_alignment() {
+    const GUARD: usize = 16;
+    let lens = [0, 1, 7, 8, 9, 63, 64, 65, 127, 128, 129, 200, 2048, 2049];
+    for &len in &lens {
+        for so in 0..8 {
+            for po in 0..8 {
+                let src = pattern(len + 2 * GUARD, (len + so * 8 + po) as u8);
+                let mut slot = vec![0xa5u8; len + 2 * GUARD];
+                let mut back = vec![0x5au8; len + 2 * GUARD];
+                // SAFETY: every range lies inside its vector (offsets < GUARD).
+                unsafe {
+                    copy_to_shared(slot.as_mut_ptr().add(so), src.as_ptr().add(po), len);
+                    copy_from_shared(back.as_mut_ptr().add(po), slot.as_ptr().add(so), len);
+                }
+                assert_eq!(
+                    &slot[so..so + len],
+                    &src[po..po + len],
+                    "to {len} {so} {po}"
+                );
+                assert!(
+                    slot[..so]
+                        .iter()
+                        .chain(&slot[so + len..])
+                        .all(|&b| b == 0xa5)
+                );
+                assert_eq!(
+                    &back[po..po + len],
+                    &src[po..po + len],
+                    "from {len} {so} {po}"
+                );
+                assert!(
+                    back[..po]
+                        .iter()
+                        .chain(&back[po + len..])
+                        .all(|&b| b == 0x5a)
+                );
+                // SAFETY: inside the vector.
+                unsafe { zero_shared(slot.as_mut_ptr().add(so), len) };
+                assert!(
+                    slot[so..so + len].iter().all(|&b| b == 0),
+                    "zero {len} {so}"
+                );
+                assert!(
+                    slot[..so]
+                        .iter()
+                        .chain(&slot[so + len..])
+                        .all(|&b| b == 0xa5)
+                );
+            }
+        }
+    }
+}
