@@ -74,6 +74,7 @@ test: images lint
 	cargo test --workspace
 
 lint:
+	cargo fmt --all --check
 	cargo clippy -q --workspace --all-targets -- -D warnings
 	cargo clippy -q --release --features guest --bins --target $(PPC_TARGET) -- -D warnings
 	cargo clippy -q --release --features guest --bins --target $(X86_TARGET) -- -D warnings

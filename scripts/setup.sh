@@ -48,6 +48,10 @@ for t in x86_64-unknown-none powerpc64le-unknown-linux-gnu; do
   [ -d "$sysroot/lib/rustlib/$t" ] || ok=0
 done
 [ -d "$sysroot/lib/rustlib/src/rust/library" ] || ok=0
+# make lint and make images use rustfmt, clippy and llvm-objcopy (llvm-tools).
+for tool in bin/rustfmt bin/cargo-clippy lib/rustlib/x86_64-unknown-linux-gnu/bin/llvm-objcopy; do
+  [ -x "$sysroot/$tool" ] || ok=0
+done
 if [ $ok = 0 ] || [ -z "$sysroot" ]; then
   echo "setup: installing Rust $channel with targets and components"
   rustup toolchain install "$channel" --profile minimal \

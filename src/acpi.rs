@@ -13,7 +13,11 @@ pub enum PowerOff {
     Pm1a { port: u16, slp_typ: u8 },
     /// Hardware-reduced ACPI: write `(slp_typ << 2) | SLP_EN` to the sleep control register
     /// (I/O port or memory, per its Generic Address Structure).
-    SleepControl { space: AddressSpace, address: u64, slp_typ: u8 },
+    SleepControl {
+        space: AddressSpace,
+        address: u64,
+        slp_typ: u8,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -40,7 +44,9 @@ impl PowerOff {
     pub fn value(&self) -> u16 {
         match *self {
             PowerOff::Pm1a { slp_typ, .. } => ((slp_typ as u16 & 7) << 10) | SLEEP_EN_PM1,
-            PowerOff::SleepControl { slp_typ, .. } => (((slp_typ & 7) << 2) | SLEEP_EN_HW_REDUCED) as u16,
+            PowerOff::SleepControl { slp_typ, .. } => {
+                (((slp_typ & 7) << 2) | SLEEP_EN_HW_REDUCED) as u16
+            }
         }
     }
 }
@@ -60,9 +66,9 @@ fn u64_at(b: &[u8], off: usize) -> Option<u64> {
 /// Looks for "RSD PTR " on 16-byte boundaries in `area` (the EBDA or 0xE0000..0x100000).
 /// Returns the offset of a structure whose checksum is valid.
 pub fn find_rsdp(area: &[u8]) -> Option<usize> {
-    (0..area.len().saturating_sub(20)).step_by(16).find(|&o| {
-        &area[o..o + 8] == b"RSD PTR " && checksum_ok(&area[o..o + 20])
-    })
+    (0..area.len().saturating_sub(20))
+        .step_by(16)
+        .find(|&o| &area[o..o + 8] == b"RSD PTR " && checksum_ok(&area[o..o + 20]))
 }
 
 /// Reads a whole table at `phys` into `buf`; checks signature, length and checksum.
@@ -101,10 +107,10 @@ pub fn s5_sleep_type(aml: &[u8]) -> Option<u8> {
     i += 1 + (lead >> 6) as usize;
     i += 1; // NumElements
     match *aml.get(i)? {
-        0x00 => Some(0),                       // ZeroOp
-        0x01 => Some(1),                       // OneOp
-        0x0a => aml.get(i + 1).copied(),       // BytePrefix
-        b if b < 8 => Some(b),                 // a raw small value
+        0x00 => Some(0),                 // ZeroOp
+        0x01 => Some(1),                 // OneOp
+        0x0a => aml.get(i + 1).copied(), // BytePrefix
+        b if b < 8 => Some(b),           // a raw small value
         _ => None,
     }
 }
@@ -156,8 +162,15 @@ pub fn power_off_method(
         let pm1a = u32_at(fadt, 64).unwrap_or(0);
         let flags = u32_at(fadt, 112).unwrap_or(0);
         // SLEEP_CONTROL_REG: Generic Address Structure at 244 (space, width, offset, access, addr).
-        let sleep_ctl = fadt.get(244..256).map(|g| (g[0], u64_at(g, 4).unwrap_or(0)));
-        (if x_dsdt != 0 { x_dsdt } else { dsdt32 }, pm1a, flags & (1 << 20) != 0, sleep_ctl)
+        let sleep_ctl = fadt
+            .get(244..256)
+            .map(|g| (g[0], u64_at(g, 4).unwrap_or(0)));
+        (
+            if x_dsdt != 0 { x_dsdt } else { dsdt32 },
+            pm1a,
+            flags & (1 << 20) != 0,
+            sleep_ctl,
+        )
     };
     // Sleep type 0 when the DSDT does not say (QEMU's piix4 and ich9 use 0 for S5).
     let slp_typ = read_table(&mut read, dsdt_phys, b"DSDT", scratch)
@@ -167,8 +180,16 @@ pub fn power_off_method(
     if hw_reduced || pm1a == 0 {
         match sleep_ctl {
             Some((space, address)) if address != 0 && (space == 0 || space == 1) => {
-                let space = if space == 0 { AddressSpace::Memory } else { AddressSpace::Io };
-                return Ok(PowerOff::SleepControl { space, address, slp_typ });
+                let space = if space == 0 {
+                    AddressSpace::Memory
+                } else {
+                    AddressSpace::Io
+                };
+                return Ok(PowerOff::SleepControl {
+                    space,
+                    address,
+                    slp_typ,
+                });
             }
             _ if pm1a == 0 => return Err(AcpiError::NoControl),
             _ => {}
@@ -177,7 +198,10 @@ pub fn power_off_method(
     if pm1a > u16::MAX as u32 {
         return Err(AcpiError::NoControl);
     }
-    Ok(PowerOff::Pm1a { port: pm1a as u16, slp_typ })
+    Ok(PowerOff::Pm1a {
+        port: pm1a as u16,
+        slp_typ,
+    })
 }
 
 #[cfg(test)]
@@ -250,7 +274,13 @@ mod tests {
         let m = machine(false, b"\x12\x06\x04\x00\x00\x00\x00");
         let mut scratch = vec![0u8; 4096];
         let p = power_off_method(0xf0000, |a, b| m.read(a, b), &mut scratch).unwrap();
-        assert_eq!(p, PowerOff::Pm1a { port: 0x604, slp_typ: 0 });
+        assert_eq!(
+            p,
+            PowerOff::Pm1a {
+                port: 0x604,
+                slp_typ: 0
+            }
+        );
         assert_eq!(p.value(), 0x2000);
     }
 
@@ -259,7 +289,14 @@ mod tests {
         let m = machine(true, b"\x12\x06\x04\x0a\x05\x0a\x05");
         let mut scratch = vec![0u8; 4096];
         let p = power_off_method(0xf0000, |a, b| m.read(a, b), &mut scratch).unwrap();
-        assert_eq!(p, PowerOff::SleepControl { space: AddressSpace::Io, address: 0x608, slp_typ: 5 });
+        assert_eq!(
+            p,
+            PowerOff::SleepControl {
+                space: AddressSpace::Io,
+                address: 0x608,
+                slp_typ: 5
+            }
+        );
         assert_eq!(p.value(), (5 << 2) | (1 << 5));
     }
 
@@ -267,7 +304,10 @@ mod tests {
     fn broken_tables_are_errors() {
         let mut scratch = vec![0u8; 4096];
         let m = machine(false, b"\x12\x06\x04\x00");
-        assert_eq!(power_off_method(0x5000, |a, b| m.read(a, b), &mut scratch), Err(AcpiError::NoRsdp));
+        assert_eq!(
+            power_off_method(0x5000, |a, b| m.read(a, b), &mut scratch),
+            Err(AcpiError::NoRsdp)
+        );
         let mut m = machine(false, b"");
         m.0.get_mut(&0x2100).unwrap()[50] ^= 0xff; // corrupt the FADT
         assert_eq!(

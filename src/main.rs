@@ -66,7 +66,10 @@ fn record(event: &str) -> Record<Console> {
 /// Reports an error record; the verdict becomes `fail`.
 fn report_error(what: &str, message: &str) {
     ERRORS.fetch_add(1, Ordering::Relaxed);
-    record("error").str("what", what).str("message", message).end();
+    record("error")
+        .str("what", what)
+        .str("message", message)
+        .end();
 }
 
 /// For the arch entry code: a failure before `boot_main` could run. Reports and ends the run.
@@ -127,7 +130,14 @@ pub fn boot_main(info: BootInfo) -> ! {
     };
     if let Some(t) = tree.as_mut() {
         arch::arch_devices(t);
-        report_devtree(t, if info.fdt.is_some() { "fdt" } else { "pci-scan" });
+        report_devtree(
+            t,
+            if info.fdt.is_some() {
+                "fdt"
+            } else {
+                "pci-scan"
+            },
+        );
     }
 
     // 5. Secure or not, before any device is touched: a rejection ends the run here.
@@ -387,7 +397,11 @@ fn report_option(d: &Diagnostic) {
         Diagnostic::Unknown { option } => r
             .str("option", option)
             .str("message", "unknown option, ignored"),
-        Diagnostic::Malformed { option, value, expected } => r
+        Diagnostic::Malformed {
+            option,
+            value,
+            expected,
+        } => r
             .str("option", option)
             .str("value", value)
             .str("expected", expected)
@@ -455,7 +469,12 @@ fn report_devtree(t: &DeviceTree, source: &str) {
                 j.key("path");
                 j.str(&f.path);
                 j.key("bdf");
-                j.str(&alloc::format!("{:02x}:{:02x}.{}", f.bus, f.device, f.function));
+                j.str(&alloc::format!(
+                    "{:02x}:{:02x}.{}",
+                    f.bus,
+                    f.device,
+                    f.function
+                ));
                 j.key("vendor");
                 j.hex(f.vendor_id as u64);
                 j.key("device");

@@ -41,11 +41,20 @@ impl Default for MemoryMap {
     }
 }
 
-const EMPTY: Region = Region { base: 0, size: 0, kind: RegionKind::Ram, label: "" };
+const EMPTY: Region = Region {
+    base: 0,
+    size: 0,
+    kind: RegionKind::Ram,
+    label: "",
+};
 
 impl MemoryMap {
     pub const fn new() -> Self {
-        MemoryMap { regions: [EMPTY; MAX_REGIONS], len: 0, dropped: 0 }
+        MemoryMap {
+            regions: [EMPTY; MAX_REGIONS],
+            len: 0,
+            dropped: 0,
+        }
     }
 
     /// Adds a range; empty ranges are ignored, ranges that would wrap are clipped at 2^64.
@@ -58,7 +67,12 @@ impl MemoryMap {
             self.dropped += 1;
             return;
         }
-        self.regions[self.len] = Region { base, size, kind, label };
+        self.regions[self.len] = Region {
+            base,
+            size,
+            kind,
+            label,
+        };
         self.len += 1;
     }
 
@@ -71,7 +85,9 @@ impl MemoryMap {
     }
 
     pub fn reserved(&self) -> impl Iterator<Item = &Region> {
-        self.regions().iter().filter(|r| r.kind == RegionKind::Reserved)
+        self.regions()
+            .iter()
+            .filter(|r| r.kind == RegionKind::Reserved)
     }
 
     /// Total RAM in bytes (overlapping RAM entries are counted once).
@@ -96,10 +112,16 @@ impl MemoryMap {
                 .filter(|r| r.end() > cursor)
                 .map(|r| (r.base.max(cursor), r.end()))
                 .min_by_key(|&(b, _)| b);
-            let Some((mut base, mut end)) = next else { return };
+            let Some((mut base, mut end)) = next else {
+                return;
+            };
             // Extend through touching or overlapping ranges.
             loop {
-                let ext = self.ram().filter(|r| r.base <= end && r.end() > end).map(Region::end).max();
+                let ext = self
+                    .ram()
+                    .filter(|r| r.base <= end && r.end() > end)
+                    .map(Region::end)
+                    .max();
                 match ext {
                     Some(e) => end = e,
                     None => break,
@@ -175,7 +197,10 @@ mod tests {
         m.add(0x40_0000, 0x10_0000, RegionKind::Reserved, "image");
         m.add(0, 0x4000, RegionKind::Reserved, "vectors");
         m.add(0x0f00_0000, 0x200_0000, RegionKind::Reserved, "firmware"); // beyond the end too
-        assert_eq!(frees(&m, 0x1000), vec![(0x4000, 0x40_0000), (0x50_0000, 0x0f00_0000)]);
+        assert_eq!(
+            frees(&m, 0x1000),
+            vec![(0x4000, 0x40_0000), (0x50_0000, 0x0f00_0000)]
+        );
         assert_eq!(m.largest_free(0x1000), Some((0x50_0000, 0x0f00_0000)));
         assert_eq!(m.ram_bytes(), 0x1000_0000);
     }
@@ -190,7 +215,14 @@ mod tests {
         assert_eq!(m.ram_bytes(), 0x9_f000 + 0x7ff0_0000 + 0x4000_0000);
         assert_eq!(m.ram_top(), 0x1_4000_0000);
         let f = frees(&m, 0x1000);
-        assert_eq!(f, vec![(0, 0x9f000), (0x10_0000, 0x8000_0000), (0x1_0000_0000, 0x1_4000_0000)]);
+        assert_eq!(
+            f,
+            vec![
+                (0, 0x9f000),
+                (0x10_0000, 0x8000_0000),
+                (0x1_0000_0000, 0x1_4000_0000)
+            ]
+        );
     }
 
     #[test]

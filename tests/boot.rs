@@ -209,7 +209,11 @@ fn check_no_console(s: Setup) {
     assert!(!r.timed_out, "a guest without a console hung\n{r}");
     assert!(r.exited_cleanly(), "{r}");
     if c.has_exit_device() {
-        assert_eq!(r.exit_status.code(), Some(1), "verdict pass in the exit status\n{r}");
+        assert_eq!(
+            r.exit_status.code(),
+            Some(1),
+            "verdict pass in the exit status\n{r}"
+        );
     }
 }
 

@@ -98,7 +98,10 @@ pub(super) fn check(blob: &[u8]) -> Result<Layout, DtError> {
     if blob.len() < HEADER_V17 {
         // A v16 header is 36 bytes, but no v16 blob is shorter than 40 (the reserve map's
         // terminating entry alone is 16 bytes).
-        return Err(DtError::Truncated { need: HEADER_V17, have: blob.len() });
+        return Err(DtError::Truncated {
+            need: HEADER_V17,
+            have: blob.len(),
+        });
     }
     let magic = header_field(blob, 0);
     if magic != FDT_MAGIC {
@@ -106,7 +109,10 @@ pub(super) fn check(blob: &[u8]) -> Result<Layout, DtError> {
     }
     let total = header_field(blob, 1) as usize;
     if total > blob.len() {
-        return Err(DtError::Truncated { need: total, have: blob.len() });
+        return Err(DtError::Truncated {
+            need: total,
+            have: blob.len(),
+        });
     }
     let version = header_field(blob, 5);
     let last_comp = header_field(blob, 6);
@@ -117,9 +123,15 @@ pub(super) fn check(blob: &[u8]) -> Result<Layout, DtError> {
         return Err(DtError::UnsupportedVersion(last_comp));
     }
     if last_comp > version {
-        return Err(DtError::BadHeader("last_comp_version is newer than version"));
+        return Err(DtError::BadHeader(
+            "last_comp_version is newer than version",
+        ));
     }
-    let header_len = if version >= 17 { HEADER_V17 } else { HEADER_V16 };
+    let header_len = if version >= 17 {
+        HEADER_V17
+    } else {
+        HEADER_V16
+    };
     if total < header_len {
         return Err(DtError::BadHeader("totalsize is smaller than the header"));
     }
@@ -143,7 +155,9 @@ pub(super) fn check(blob: &[u8]) -> Result<Layout, DtError> {
     let (struct_limit, exact_end) = if version >= 17 {
         let size = header_field(blob, 9) as usize;
         if !size.is_multiple_of(4) {
-            return Err(DtError::BadHeader("structure block size is not a multiple of 4"));
+            return Err(DtError::BadHeader(
+                "structure block size is not a multiple of 4",
+            ));
         }
         match struct_off.checked_add(size) {
             Some(end) if end <= total => (end, true),
@@ -168,7 +182,14 @@ pub(super) fn check(blob: &[u8]) -> Result<Layout, DtError> {
     if exact_end {
         check_overlaps(&rsvmap, &(struct_off..struct_limit), &strings)?;
     }
-    let walk = walk(blob, struct_off, struct_limit, exact_end, strings.clone(), None)?;
+    let walk = walk(
+        blob,
+        struct_off,
+        struct_limit,
+        exact_end,
+        strings.clone(),
+        None,
+    )?;
     let structure = struct_off..walk.end;
     check_overlaps(&rsvmap, &structure, &strings)?;
 
@@ -193,13 +214,19 @@ fn check_overlaps(
         !a.is_empty() && !b.is_empty() && a.start < b.end && b.start < a.end
     };
     if overlap(rsvmap, structure) {
-        return Err(DtError::BadHeader("memory reserve map overlaps the structure block"));
+        return Err(DtError::BadHeader(
+            "memory reserve map overlaps the structure block",
+        ));
     }
     if overlap(rsvmap, strings) {
-        return Err(DtError::BadHeader("memory reserve map overlaps the strings block"));
+        return Err(DtError::BadHeader(
+            "memory reserve map overlaps the strings block",
+        ));
     }
     if overlap(structure, strings) {
-        return Err(DtError::BadHeader("structure block overlaps the strings block"));
+        return Err(DtError::BadHeader(
+            "structure block overlaps the strings block",
+        ));
     }
     Ok(())
 }
@@ -207,7 +234,9 @@ fn check_overlaps(
 /// The reserve map: 16-byte (address, size) entries up to a (0, 0) one, all inside `blob`.
 fn check_rsvmap(blob: &[u8], off: usize, header_len: usize) -> Result<Range<usize>, DtError> {
     if !off.is_multiple_of(8) {
-        return Err(DtError::BadHeader("memory reserve map is not 8-byte aligned"));
+        return Err(DtError::BadHeader(
+            "memory reserve map is not 8-byte aligned",
+        ));
     }
     if off < header_len {
         return Err(DtError::BadHeader("memory reserve map overlaps the header"));
@@ -216,14 +245,18 @@ fn check_rsvmap(blob: &[u8], off: usize, header_len: usize) -> Result<Range<usiz
     loop {
         // Each step consumes 16 bytes of a bounded blob: at most len/16 iterations.
         let (Some(addr), Some(size)) = (be64(blob, pos), be64(blob, pos.saturating_add(8))) else {
-            return Err(DtError::BadHeader("memory reserve map has no terminating entry"));
+            return Err(DtError::BadHeader(
+                "memory reserve map has no terminating entry",
+            ));
         };
         pos += RSV_ENTRY;
         if addr == 0 && size == 0 {
             return Ok(off..pos);
         }
         if addr.checked_add(size).is_none() {
-            return Err(DtError::BadHeader("memory reserve map entry wraps around 2^64"));
+            return Err(DtError::BadHeader(
+                "memory reserve map entry wraps around 2^64",
+            ));
         }
     }
 }
@@ -392,14 +425,16 @@ fn walk(
                     return bad(end, "data after FDT_END inside the structure block");
                 }
                 if let Some(s) = sink.as_mut() {
-                    s.out.extend_from_slice(blob.get(pos..end).unwrap_or_default());
+                    s.out
+                        .extend_from_slice(blob.get(pos..end).unwrap_or_default());
                 }
                 return Ok(Walk { end, nodes, nops });
             }
             _ => return bad(pos, "unknown token"),
         };
         if let Some(s) = sink.as_mut() {
-            s.out.extend_from_slice(blob.get(pos..next).unwrap_or_default());
+            s.out
+                .extend_from_slice(blob.get(pos..next).unwrap_or_default());
         }
         pos = next;
     }
@@ -448,7 +483,10 @@ pub(super) fn canonical(blob: &[u8], layout: &Layout) -> Result<Canonical, DtErr
         limit,
         false,
         layout.strings.clone(),
-        Some(Sink { out: &mut out, nops: &mut nops }),
+        Some(Sink {
+            out: &mut out,
+            nops: &mut nops,
+        }),
     )?;
     let struct_size = out.len() - struct_copy;
     let strings_off = out.len();
@@ -470,5 +508,10 @@ pub(super) fn canonical(blob: &[u8], layout: &Layout) -> Result<Canonical, DtErr
     for (i, v) in header.iter().enumerate() {
         out[i * 4..i * 4 + 4].copy_from_slice(&v.to_be_bytes());
     }
-    Ok(Canonical { blob: out, struct_orig: layout.structure.start, struct_copy, nops })
+    Ok(Canonical {
+        blob: out,
+        struct_orig: layout.structure.start,
+        struct_copy,
+        nops,
+    })
 }

@@ -118,11 +118,13 @@ impl<'a> Props<'a> {
     }
 
     fn device_type_is(&self, what: &str) -> bool {
-        self.device_type.is_some_and(|v| first_str(v) == what.as_bytes())
+        self.device_type
+            .is_some_and(|v| first_str(v) == what.as_bytes())
     }
 
     fn compatible_with(&self, what: &str) -> bool {
-        self.compatible.is_some_and(|v| strings(v).any(|s| s == what.as_bytes()))
+        self.compatible
+            .is_some_and(|v| strings(v).any(|s| s == what.as_bytes()))
     }
 }
 
@@ -225,7 +227,8 @@ fn push_ranges(to: &mut Vec<(u64, u64)>, reg: &[u8], ac: u32, sc: u32) -> Result
         if size == 0 {
             continue;
         }
-        base.checked_add(size).ok_or("memory range wraps around 2^64")?;
+        base.checked_add(size)
+            .ok_or("memory range wraps around 2^64")?;
         to.push((base, size));
     }
     Ok(())
@@ -258,7 +261,9 @@ struct Frame<'a, I> {
 fn translate<I>(stack: &[Frame<'_, I>], mut addr: u64, size: u64) -> Result<u64, &'static str> {
     // stack[k] is a bus whose children's addresses are in its space; stack[0] is the root.
     for k in (1..stack.len()).rev() {
-        let (Some(bus), Some(up)) = (stack.get(k), stack.get(k - 1)) else { break };
+        let (Some(bus), Some(up)) = (stack.get(k), stack.get(k - 1)) else {
+            break;
+        };
         let ranges = match bus.props.ranges {
             Some(r) if !r.is_empty() => r,
             _ => continue,
@@ -277,10 +282,15 @@ fn translate<I>(stack: &[Frame<'_, I>], mut addr: u64, size: u64) -> Result<u64,
             let child = take_cells(&mut rest, cac).ok_or("ranges")?;
             let parent = take_cells(&mut rest, pac).ok_or("ranges")?;
             let len = take_cells(&mut rest, sc).ok_or("ranges")?;
-            let Some(off) = addr.checked_sub(child) else { continue };
+            let Some(off) = addr.checked_sub(child) else {
+                continue;
+            };
             if off < len && size <= len - off {
-                mapped =
-                    Some(parent.checked_add(off).ok_or("translated address wraps around 2^64")?);
+                mapped = Some(
+                    parent
+                        .checked_add(off)
+                        .ok_or("translated address wraps around 2^64")?,
+                );
                 break;
             }
         }
@@ -310,7 +320,12 @@ pub(super) fn extract(
     let internal = DtError::BadHeader("validated blob rejected by the fdt crate");
     let fdt = fdt::Fdt::new(data).map_err(|_| internal.clone())?;
     let root = fdt.find_node("/").ok_or(internal)?;
-    let mut walker = Walker { data, original_offset, found: Found::default(), path: String::new() };
+    let mut walker = Walker {
+        data,
+        original_offset,
+        found: Found::default(),
+        path: String::new(),
+    };
     walker.walk(root)?;
     Ok(walker.finish())
 }
@@ -328,7 +343,9 @@ impl<'d> Walker<'d, '_> {
     /// as a subslice of `data`, right after the 4-byte token.
     fn offset_of(&self, node: &FdtNode<'_, 'd>) -> usize {
         let name = node.name.as_ptr() as usize;
-        let off = name.wrapping_sub(self.data.as_ptr() as usize).saturating_sub(4);
+        let off = name
+            .wrapping_sub(self.data.as_ptr() as usize)
+            .saturating_sub(4);
         (self.original_offset)(off)
     }
 
@@ -389,7 +406,9 @@ impl<'d> Walker<'d, '_> {
         p: &Props<'d>,
         stack: &[Frame<'d, I>],
     ) -> Result<(), &'static str> {
-        let Some(parent) = stack.last() else { return Ok(()) };
+        let Some(parent) = stack.last() else {
+            return Ok(());
+        };
         let (ac, sc) = (parent.address_cells, parent.size_cells);
         let name = base_name(node.name);
         let f = &mut self.found;
@@ -400,8 +419,10 @@ impl<'d> Walker<'d, '_> {
                     f.seen_chosen = true;
                     f.tree.bootargs = p.bootargs.map(|v| first_str(v).to_vec());
                     let non_empty = |v: &&[u8]| !first_str(v).is_empty();
-                    f.stdout =
-                        p.stdout_path.filter(non_empty).or(p.linux_stdout_path.filter(non_empty));
+                    f.stdout = p
+                        .stdout_path
+                        .filter(non_empty)
+                        .or(p.linux_stdout_path.filter(non_empty));
                 }
                 "aliases" if !f.seen_aliases => {
                     f.seen_aliases = true;
@@ -414,7 +435,13 @@ impl<'d> Walker<'d, '_> {
                             *slot = Some(one_cell(v).ok_or("RTAS token is not one cell")?);
                         }
                     }
-                    let [power_off, read_pci_config, write_pci_config, ibm_read, ibm_write] = t;
+                    let [
+                        power_off,
+                        read_pci_config,
+                        write_pci_config,
+                        ibm_read,
+                        ibm_write,
+                    ] = t;
                     f.tree.rtas = Some(RtasTokens {
                         power_off,
                         read_pci_config,
@@ -439,7 +466,11 @@ impl<'d> Walker<'d, '_> {
                 Some(_) => return Err("ibm,ppc-interrupt-server#s is not a list of cells"),
             };
             let threads = u32::try_from(threads).map_err(|_| "too many CPU threads")?;
-            f.tree.cpus = f.tree.cpus.checked_add(threads).ok_or("too many CPU threads")?;
+            f.tree.cpus = f
+                .tree
+                .cpus
+                .checked_add(threads)
+                .ok_or("too many CPU threads")?;
             if !f.seen_cpu {
                 f.seen_cpu = true;
                 // DTSpec allows the frequency on /cpus instead, for all CPUs.
@@ -476,26 +507,40 @@ impl<'d> Walker<'d, '_> {
                 .filter(|r| r.len() % 4 == 0)
                 .and_then(first_cell)
                 .ok_or("hvterm1 node without a reg cell")?;
-            let term = HvTerm { path: self.path.clone(), termno };
+            let term = HvTerm {
+                path: self.path.clone(),
+                termno,
+            };
             push_capped(&mut f.hvterms, term, "more than 1024 hvterm1 nodes")?;
         }
 
         if p.compatible_with("virtio,mmio") {
             let reg = p.reg.ok_or("virtio,mmio node without reg")?;
-            let &(addr, size) =
-                reg_entries(reg, ac, sc)?.first().ok_or("virtio,mmio node with an empty reg")?;
+            let &(addr, size) = reg_entries(reg, ac, sc)?
+                .first()
+                .ok_or("virtio,mmio node with an empty reg")?;
             if size == 0 {
                 return Err("virtio,mmio reg has size 0");
             }
             let base = translate(stack, addr, size)?;
-            base.checked_add(size).ok_or("memory range wraps around 2^64")?;
+            base.checked_add(size)
+                .ok_or("memory range wraps around 2^64")?;
             let irq = match p.interrupts {
                 None => None,
                 Some(v) if v.len() % 4 == 0 => first_cell(v),
                 Some(_) => return Err("interrupts is not a list of cells"),
             };
-            let dev = VirtioMmioNode { path: self.path.clone(), base, size, irq };
-            push_capped(&mut f.tree.virtio_mmio, dev, "more than 1024 virtio,mmio nodes")?;
+            let dev = VirtioMmioNode {
+                path: self.path.clone(),
+                base,
+                size,
+                irq,
+            };
+            push_capped(
+                &mut f.tree.virtio_mmio,
+                dev,
+                "more than 1024 virtio,mmio nodes",
+            )?;
         }
 
         let is_pci = p.device_type_is("pci");
@@ -520,7 +565,11 @@ impl<'d> Walker<'d, '_> {
                 bus_range,
                 has_dma_window: p.dma_window,
             };
-            push_capped(&mut f.tree.pci_hosts, host, "more than 1024 PCI host bridges")?;
+            push_capped(
+                &mut f.tree.pci_hosts,
+                host,
+                "more than 1024 PCI host bridges",
+            )?;
         }
 
         // A function: a child of a PCI bus (host or bridge) with vendor-id/device-id. The first
@@ -538,9 +587,9 @@ impl<'d> Walker<'d, '_> {
             let id = |v: Option<&[u8]>| v.and_then(one_cell).and_then(|n| u16::try_from(n).ok());
             let class = match p.class_code {
                 None => 0,
-                Some(v) => {
-                    one_cell(v).filter(|&c| c <= 0xff_ffff).ok_or("class-code is not 24 bits")?
-                }
+                Some(v) => one_cell(v)
+                    .filter(|&c| c <= 0xff_ffff)
+                    .ok_or("class-code is not 24 bits")?,
             };
             let function = PciFunction {
                 path: self.path.clone(),
@@ -551,14 +600,24 @@ impl<'d> Walker<'d, '_> {
                 device_id: id(p.device_id).ok_or("device-id is not one 16-bit cell")?,
                 class,
             };
-            push_capped(&mut f.tree.pci_functions, function, "more than 1024 PCI functions")?;
+            push_capped(
+                &mut f.tree.pci_functions,
+                function,
+                "more than 1024 PCI functions",
+            )?;
         }
         Ok(())
     }
 
     /// Resolves `/chosen/stdout-path` and picks the hvterm.
     fn finish(self) -> DeviceTree {
-        let Found { mut tree, stdout, aliases, hvterms, .. } = self.found;
+        let Found {
+            mut tree,
+            stdout,
+            aliases,
+            hvterms,
+            ..
+        } = self.found;
         tree.stdout_path = stdout.map(|raw| to_string(&resolve_stdout(first_str(raw), &aliases)));
         let preferred = tree
             .stdout_path

@@ -35,7 +35,10 @@ use alloc::vec::Vec;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum DtError {
     /// Fewer bytes than a header, or than the header's `totalsize`.
-    Truncated { need: usize, have: usize },
+    Truncated {
+        need: usize,
+        have: usize,
+    },
     BadMagic(u32),
     /// `version` below 16, or `last_comp_version` above 17 (the offending value).
     UnsupportedVersion(u32),
@@ -44,7 +47,10 @@ pub enum DtError {
     /// The structure block is malformed at byte `offset` (relative to the blob), or a node
     /// there carries a malformed value the guest uses (`offset` is then the node's
     /// FDT_BEGIN_NODE token), or a limit was exceeded there.
-    BadStructure { offset: usize, why: &'static str },
+    BadStructure {
+        offset: usize,
+        why: &'static str,
+    },
 }
 
 /// A virtio-mmio transport described by the tree (`compatible = "virtio,mmio"`).

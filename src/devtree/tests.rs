@@ -64,7 +64,10 @@ pub(super) fn with_structure(blob: &[u8], structure: &[u8]) -> Vec<u8> {
     let off_struct = be32(blob, 8) as usize;
     let off_strings = be32(blob, 12) as usize;
     let strings = &blob[off_strings..off_strings + be32(blob, 32) as usize];
-    assert!(off_strings >= off_struct + be32(blob, 36) as usize, "strings after structure");
+    assert!(
+        off_strings >= off_struct + be32(blob, 36) as usize,
+        "strings after structure"
+    );
     let mut out = blob[..off_struct].to_vec();
     out.extend_from_slice(structure);
     let new_strings = out.len();
@@ -152,7 +155,10 @@ fn qemu_phb() -> PciHostNode {
 }
 
 fn qemu_vty() -> Option<HvTerm> {
-    Some(HvTerm { path: "/vdevice/vty@71000000".into(), termno: 0x7100_0000 })
+    Some(HvTerm {
+        path: "/vdevice/vty@71000000".into(),
+        termno: 0x7100_0000,
+    })
 }
 
 // ---- QEMU's trees ----------------------------------------------------------------------------
@@ -245,7 +251,11 @@ fn microvm_virtio_mmio_and_pcie() {
     };
     assert_eq!(
         t.virtio_mmio,
-        [virtio(0xfeb0_2a00, 0x15), virtio(0xfeb0_2c00, 0x16), virtio(0xfeb0_2e00, 0x17)]
+        [
+            virtio(0xfeb0_2a00, 0x15),
+            virtio(0xfeb0_2c00, 0x16),
+            virtio(0xfeb0_2e00, 0x17)
+        ]
     );
     assert_eq!(
         t.pci_hosts,
@@ -278,12 +288,19 @@ fn crafted_expected() -> DeviceTree {
         total_size: CRAFTED.len() as u32,
         model: Some("sg,crafted".into()),
         memory: vec![(0, 1 << 30), (1 << 32, 2 << 30), (8 << 30, 256 << 20)],
-        reserved: vec![(0x10000, 0x2000), (0x7fff_0000, 0x10000), (0x3f00_0000, 0x10_0000)],
+        reserved: vec![
+            (0x10000, 0x2000),
+            (0x7fff_0000, 0x10000),
+            (0x3f00_0000, 0x10_0000),
+        ],
         cpus: 4,
         timebase_hz: Some(1 << 32),
         bootargs: Some(b"sg.debug.panic=0 quiet".to_vec()),
         stdout_path: Some("/vdevice/vty@30000001".into()),
-        hvterm: Some(HvTerm { path: "/vdevice/vty@30000001".into(), termno: 0x3000_0001 }),
+        hvterm: Some(HvTerm {
+            path: "/vdevice/vty@30000001".into(),
+            termno: 0x3000_0001,
+        }),
         rtas: Some(RtasTokens {
             power_off: Some(0x10),
             read_pci_config: Some(0x11),
@@ -313,9 +330,25 @@ fn crafted_expected() -> DeviceTree {
             has_dma_window: true,
         }],
         pci_functions: vec![
-            f("/pci@80000000/ethernet@1", 0, 1, 0, 0x1af4, 0x1041, 0x020000),
+            f(
+                "/pci@80000000/ethernet@1",
+                0,
+                1,
+                0,
+                0x1af4,
+                0x1041,
+                0x020000,
+            ),
             f("/pci@80000000/pci@2", 0, 2, 0, 0x1b36, 0x0001, 0x060400),
-            f("/pci@80000000/pci@2/storage@3,5", 1, 3, 5, 0x1af4, 0x1001, 0x010000),
+            f(
+                "/pci@80000000/pci@2/storage@3,5",
+                1,
+                3,
+                5,
+                0x1af4,
+                0x1001,
+                0x010000,
+            ),
         ],
     }
 }
@@ -328,7 +361,10 @@ fn crafted_tree_every_field() {
 #[test]
 fn crafted_dts_compiles_to_the_same_tree() {
     // The checked-in .dtb is what dtc makes of the .dts next to it.
-    let dts = concat!(env!("CARGO_MANIFEST_DIR"), "/src/devtree/testdata/crafted.dts");
+    let dts = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/src/devtree/testdata/crafted.dts"
+    );
     let out = match std::process::Command::new("dtc")
         .args(["-q", "-I", "dts", "-O", "dtb", dts])
         .output()
@@ -339,7 +375,11 @@ fn crafted_dts_compiles_to_the_same_tree() {
             return;
         }
     };
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let mut want = crafted_expected();
     want.total_size = out.stdout.len() as u32;
     assert_eq!(parse(&out.stdout).unwrap(), want);
@@ -349,7 +389,11 @@ fn crafted_dts_compiles_to_the_same_tree() {
 fn node_counts_agree_with_the_fdt_crate() {
     for (name, blob) in FIXTURES {
         let fdt = fdt::Fdt::new(blob).unwrap();
-        assert_eq!(validate(blob).unwrap() as usize, fdt.all_nodes().count(), "{name}");
+        assert_eq!(
+            validate(blob).unwrap() as usize,
+            fdt.all_nodes().count(),
+            "{name}"
+        );
     }
 }
 
@@ -369,7 +413,9 @@ fn error_offsets_point_at_the_node_even_through_nops() {
     let blob = tree(|w| node(w, "rtas", |w| w.property_cells(b"power-off", &[1, 2])));
     let nopped = with_nops_everywhere(&blob);
     for b in [&blob, &nopped] {
-        let Err(DtError::BadStructure { offset, why }) = parse(b) else { panic!() };
+        let Err(DtError::BadStructure { offset, why }) = parse(b) else {
+            panic!()
+        };
         assert_eq!(why, "RTAS token is not one cell");
         assert_eq!(be32(b, offset), 1, "FDT_BEGIN_NODE");
         assert_eq!(&b[offset + 4..offset + 9], b"rtas\0");
@@ -422,7 +468,10 @@ fn memory_nodes_use_their_parent_cells() {
     let t = parse(&tree(|w| {
         node(w, "memory@0", |w| {
             w.property_str(b"device_type", "memory")?;
-            w.property_cells(b"reg", &[0, 0, 0, 0x1000, 0, 0x10_0000, 0, 0, 1, 0, 0, 0x2000])
+            w.property_cells(
+                b"reg",
+                &[0, 0, 0, 0x1000, 0, 0x10_0000, 0, 0, 1, 0, 0, 0x2000],
+            )
         })?;
         node(w, "bus", |w| {
             w.property_u32(b"#address-cells", 1)?;
@@ -433,7 +482,9 @@ fn memory_nodes_use_their_parent_cells() {
             })
         })?;
         // No device_type: not memory.
-        node(w, "memory@9000", |w| w.property_cells(b"reg", &[0, 0x9000, 0, 0x100]))
+        node(w, "memory@9000", |w| {
+            w.property_cells(b"reg", &[0, 0x9000, 0, 0x100])
+        })
     }))
     .unwrap();
     assert_eq!(t.memory, [(0, 0x1000), (1 << 32, 0x2000), (0x8000, 0x100)]);
@@ -458,22 +509,37 @@ fn memory_reg_errors() {
     let sc = |n| (&b"#size-cells"[..], n);
     let cells_err = "reg needs 1 or 2 address cells and 1 or 2 size cells in its bus";
     assert_eq!(why(mem(vec![ac(0), sc(2)], vec![0, 0x1000])), cells_err);
-    assert_eq!(why(mem(vec![ac(3), sc(2)], vec![0, 0, 0, 0, 0x1000])), cells_err);
+    assert_eq!(
+        why(mem(vec![ac(3), sc(2)], vec![0, 0, 0, 0, 0x1000])),
+        cells_err
+    );
     assert_eq!(why(mem(vec![ac(2), sc(0)], vec![0, 0])), cells_err);
     assert_eq!(
         why(mem(vec![ac(100), sc(2)], vec![0])),
         "#address-cells is not one cell of at most 4"
     );
-    assert_eq!(why(mem(vec![ac(2), sc(5)], vec![0])), "#size-cells is not one cell of at most 4");
+    assert_eq!(
+        why(mem(vec![ac(2), sc(5)], vec![0])),
+        "#size-cells is not one cell of at most 4"
+    );
     let entry_err = "reg length is not a multiple of its bus's entry size";
     assert_eq!(why(mem(vec![ac(2), sc(2)], vec![0, 0, 0])), entry_err);
     // Defaults without the properties: 2 address cells, 1 size cell.
-    assert_eq!(mem(vec![], vec![0, 0x10, 0x20]).unwrap().memory, [(0x10, 0x20)]);
+    assert_eq!(
+        mem(vec![], vec![0, 0x10, 0x20]).unwrap().memory,
+        [(0x10, 0x20)]
+    );
     assert_eq!(why(mem(vec![], vec![0, 0x10, 0x20, 0])), entry_err);
     // Ranges reaching past 2^64.
-    let wrap = mem(vec![ac(2), sc(2)], vec![0xffff_ffff, 0xffff_f000, 0, 0x1000]);
+    let wrap = mem(
+        vec![ac(2), sc(2)],
+        vec![0xffff_ffff, 0xffff_f000, 0, 0x1000],
+    );
     assert_eq!(why(wrap), "memory range wraps around 2^64");
-    let ok = mem(vec![ac(2), sc(2)], vec![0xffff_ffff, 0xffff_e000, 0, 0x1000]);
+    let ok = mem(
+        vec![ac(2), sc(2)],
+        vec![0xffff_ffff, 0xffff_e000, 0, 0x1000],
+    );
     assert_eq!(ok.unwrap().memory, [(0xffff_ffff_ffff_e000, 0x1000)]);
     // Zero sizes are skipped; a memory node without reg contributes nothing.
     assert_eq!(mem(vec![ac(1), sc(1)], vec![0x1000, 0]).unwrap().memory, []);
@@ -484,7 +550,10 @@ fn cells_properties_must_be_one_small_cell() {
     let bad = |name: &'static [u8], value: &'static [u8]| {
         parse(&tree(|w| node(w, "x", |w| w.property(name, value))))
     };
-    assert_eq!(why(bad(b"#address-cells", b"")), "#address-cells is not one cell of at most 4");
+    assert_eq!(
+        why(bad(b"#address-cells", b"")),
+        "#address-cells is not one cell of at most 4"
+    );
     assert_eq!(
         why(bad(b"#address-cells", &[0, 0, 2])),
         "#address-cells is not one cell of at most 4"
@@ -493,7 +562,10 @@ fn cells_properties_must_be_one_small_cell() {
         why(bad(b"#size-cells", &[0, 0, 0, 1, 0])),
         "#size-cells is not one cell of at most 4"
     );
-    assert_eq!(why(bad(b"#size-cells", &[0xff; 4])), "#size-cells is not one cell of at most 4");
+    assert_eq!(
+        why(bad(b"#size-cells", &[0xff; 4])),
+        "#size-cells is not one cell of at most 4"
+    );
     // 0 is legal (interrupt controllers, /cpus' #size-cells) as long as no reg needs it.
     assert!(bad(b"#address-cells", &[0, 0, 0, 0]).is_ok());
 }
@@ -505,7 +577,9 @@ fn reservations_from_the_map_and_reserved_memory() {
         node(w, "reserved-memory", |w| {
             w.property_u32(b"#address-cells", 2)?;
             w.property_u32(b"#size-cells", 1)?;
-            node(w, "a@8000", |w| w.property_cells(b"reg", &[0, 0x8000, 0x800]))?;
+            node(w, "a@8000", |w| {
+                w.property_cells(b"reg", &[0, 0x8000, 0x800])
+            })?;
             node(w, "dynamic", |w| w.property_u32(b"size", 0x1000))?;
             // Grandchildren are not reservations of their own.
             node(w, "b@9000", |w| {
@@ -515,12 +589,17 @@ fn reservations_from_the_map_and_reserved_memory() {
         })?;
         // Only /reserved-memory counts, not a node of that name deeper down.
         node(w, "soc", |w| {
-            node(w, "reserved-memory", |w| node(w, "x", |w| w.property_cells(b"reg", &[0, 1, 1])))
+            node(w, "reserved-memory", |w| {
+                node(w, "x", |w| w.property_cells(b"reg", &[0, 1, 1]))
+            })
         })?;
         w.end_node()
     });
     let t = parse(&blob).unwrap();
-    assert_eq!(t.reserved, [(0x1000, 0x1000), (0x8000, 0x800), (0x9000, 0x100)]);
+    assert_eq!(
+        t.reserved,
+        [(0x1000, 0x1000), (0x8000, 0x800), (0x9000, 0x100)]
+    );
 }
 
 #[test]
@@ -577,7 +656,10 @@ fn empty_server_list_is_an_error() {
             w.property(b"ibm,ppc-interrupt-server#s", b"")
         })
     });
-    assert_eq!(why(parse(&blob)), "ibm,ppc-interrupt-server#s is not a list of cells");
+    assert_eq!(
+        why(parse(&blob)),
+        "ibm,ppc-interrupt-server#s is not a list of cells"
+    );
 }
 
 #[test]
@@ -610,31 +692,66 @@ fn chosen_stdout_and_bootargs() {
         }))
         .unwrap()
     };
-    let t = chosen(&[("stdout-path", b"/vdevice/vty@2:115200\0"), ("bootargs", b"a b\0")]);
+    let t = chosen(&[
+        ("stdout-path", b"/vdevice/vty@2:115200\0"),
+        ("bootargs", b"a b\0"),
+    ]);
     assert_eq!(t.stdout_path.as_deref(), Some("/vdevice/vty@2"));
     assert_eq!(t.hvterm.unwrap().termno, 2);
     assert_eq!(t.bootargs.as_deref(), Some(&b"a b"[..]));
     // An alias; with a sub-path; unknown or relative aliases are kept as given.
     assert_eq!(
-        chosen(&[("stdout-path", b"serial0:9600n8\0")]).stdout_path.as_deref(),
+        chosen(&[("stdout-path", b"serial0:9600n8\0")])
+            .stdout_path
+            .as_deref(),
         Some("/vdevice/vty@2")
     );
     assert_eq!(
-        chosen(&[("stdout-path", b"bus/uart@0\0")]).stdout_path.as_deref(),
+        chosen(&[("stdout-path", b"bus/uart@0\0")])
+            .stdout_path
+            .as_deref(),
         Some("/soc/uart@0")
     );
-    assert_eq!(chosen(&[("stdout-path", b"serial9\0")]).stdout_path.as_deref(), Some("serial9"));
-    assert_eq!(chosen(&[("stdout-path", b"relative\0")]).stdout_path.as_deref(), Some("relative"));
+    assert_eq!(
+        chosen(&[("stdout-path", b"serial9\0")])
+            .stdout_path
+            .as_deref(),
+        Some("serial9")
+    );
+    assert_eq!(
+        chosen(&[("stdout-path", b"relative\0")])
+            .stdout_path
+            .as_deref(),
+        Some("relative")
+    );
     // linux,stdout-path when stdout-path is missing or empty; no NUL at all is fine too.
-    let t = chosen(&[("stdout-path", b"\0"), ("linux,stdout-path", b"/vdevice/vty@1")]);
+    let t = chosen(&[
+        ("stdout-path", b"\0"),
+        ("linux,stdout-path", b"/vdevice/vty@1"),
+    ]);
     assert_eq!(t.stdout_path.as_deref(), Some("/vdevice/vty@1"));
     assert_eq!(t.hvterm.unwrap().termno, 1);
     // A path without unit address still picks its node.
-    assert_eq!(chosen(&[("stdout-path", b"/vdevice/vty\0")]).hvterm.unwrap().termno, 1);
+    assert_eq!(
+        chosen(&[("stdout-path", b"/vdevice/vty\0")])
+            .hvterm
+            .unwrap()
+            .termno,
+        1
+    );
     // Without stdout (or pointing elsewhere) the first hvterm is taken.
     let t = chosen(&[]);
-    assert_eq!((t.stdout_path, t.hvterm.unwrap().termno, t.bootargs), (None, 1, None));
-    assert_eq!(chosen(&[("stdout-path", b"/serial@3f8\0")]).hvterm.unwrap().termno, 1);
+    assert_eq!(
+        (t.stdout_path, t.hvterm.unwrap().termno, t.bootargs),
+        (None, 1, None)
+    );
+    assert_eq!(
+        chosen(&[("stdout-path", b"/serial@3f8\0")])
+            .hvterm
+            .unwrap()
+            .termno,
+        1
+    );
     // Empty bootargs are still bootargs.
     assert_eq!(chosen(&[("bootargs", b"")]).bootargs, Some(vec![]));
 }
@@ -651,7 +768,12 @@ fn only_the_first_chosen_counts() {
 
 #[test]
 fn hvterm_needs_a_reg_cell() {
-    for reg in [None, Some(&b""[..]), Some(&[0, 0, 1][..]), Some(&[0, 0, 0, 1, 0][..])] {
+    for reg in [
+        None,
+        Some(&b""[..]),
+        Some(&[0, 0, 1][..]),
+        Some(&[0, 0, 0, 1, 0][..]),
+    ] {
         let blob = tree(|w| {
             node(w, "vty", |w| {
                 w.property_str(b"compatible", "hvterm1")?;
@@ -661,7 +783,11 @@ fn hvterm_needs_a_reg_cell() {
                 }
             })
         });
-        assert_eq!(why(parse(&blob)), "hvterm1 node without a reg cell", "{reg:?}");
+        assert_eq!(
+            why(parse(&blob)),
+            "hvterm1 node without a reg cell",
+            "{reg:?}"
+        );
     }
 }
 
@@ -678,13 +804,29 @@ fn rtas_tokens() {
             })
         }))
     };
-    let t = rtas(&[("power-off", &[0, 0, 0x20, 3]), ("display-character", b"xx")]).unwrap();
-    assert_eq!(t.rtas, Some(RtasTokens { power_off: Some(0x2003), ..RtasTokens::default() }));
+    let t = rtas(&[
+        ("power-off", &[0, 0, 0x20, 3]),
+        ("display-character", b"xx"),
+    ])
+    .unwrap();
+    assert_eq!(
+        t.rtas,
+        Some(RtasTokens {
+            power_off: Some(0x2003),
+            ..RtasTokens::default()
+        })
+    );
     assert_eq!(rtas(&[]).unwrap().rtas, Some(RtasTokens::default()));
-    assert_eq!(why(rtas(&[("ibm,write-pci-config", b"")])), "RTAS token is not one cell");
+    assert_eq!(
+        why(rtas(&[("ibm,write-pci-config", b"")])),
+        "RTAS token is not one cell"
+    );
     // Only /rtas: a node of that name further down is something else.
-    let t =
-        parse(&tree(|w| node(w, "x", |w| node(w, "rtas", |w| w.property_u32(b"power-off", 1)))));
+    let t = parse(&tree(|w| {
+        node(w, "x", |w| {
+            node(w, "rtas", |w| w.property_u32(b"power-off", 1))
+        })
+    }));
     assert_eq!(t.unwrap().rtas, None);
 }
 
@@ -692,10 +834,17 @@ fn rtas_tokens() {
 fn ultravisor_by_name_or_compatible() {
     let by_name = tree(|w| node(w, "ibm,ultravisor@0", |_| Ok(())));
     assert!(parse(&by_name).unwrap().ultravisor);
-    let by_compat = tree(|w| node(w, "uv", |w| w.property(b"compatible", b"x\0ibm,ultravisor\0")));
+    let by_compat = tree(|w| {
+        node(w, "uv", |w| {
+            w.property(b"compatible", b"x\0ibm,ultravisor\0")
+        })
+    });
     assert!(parse(&by_compat).unwrap().ultravisor);
-    let neither =
-        tree(|w| node(w, "ibm,ultravisor-like", |w| w.property_str(b"compatible", "ibm,ultra")));
+    let neither = tree(|w| {
+        node(w, "ibm,ultravisor-like", |w| {
+            w.property_str(b"compatible", "ibm,ultra")
+        })
+    });
     assert!(!parse(&neither).unwrap().ultravisor);
 }
 
@@ -734,9 +883,16 @@ fn virtio_mmio_addresses_are_translated() {
         (v.base, v.size, v.irq)
     };
     // No ranges, or empty ranges: identity.
-    assert_eq!(one(virtio_under_bus(None, &[0x1000, 0x200], None)), (0x1000, 0x200, None));
     assert_eq!(
-        one(virtio_under_bus(Some(&[]), &[0x1000, 0x200], Some(&[0, 0, 0, 9, 0, 0, 0, 1]))),
+        one(virtio_under_bus(None, &[0x1000, 0x200], None)),
+        (0x1000, 0x200, None)
+    );
+    assert_eq!(
+        one(virtio_under_bus(
+            Some(&[]),
+            &[0x1000, 0x200],
+            Some(&[0, 0, 0, 9, 0, 0, 0, 1])
+        )),
         (0x1000, 0x200, Some(9))
     );
     // Second of two windows: child 0x1000_0000.. -> parent 0x2_0000_0000.
@@ -751,8 +907,14 @@ fn virtio_mmio_addresses_are_translated() {
     );
     // Outside every window, or running past its end.
     let outside = "reg outside its bus's ranges";
-    assert_eq!(why(virtio_under_bus(Some(&ranges), &[0x2000, 0x10], None)), outside);
-    assert_eq!(why(virtio_under_bus(Some(&ranges), &[0xf00, 0x200], None)), outside);
+    assert_eq!(
+        why(virtio_under_bus(Some(&ranges), &[0x2000, 0x10], None)),
+        outside
+    );
+    assert_eq!(
+        why(virtio_under_bus(Some(&ranges), &[0xf00, 0x200], None)),
+        outside
+    );
     assert_eq!(
         why(virtio_under_bus(Some(&ranges[..5]), &[0x0, 0x10], None)),
         "ranges length is not a multiple of its entry size"
@@ -768,8 +930,14 @@ fn virtio_mmio_addresses_are_translated() {
         "translated address wraps around 2^64"
     );
     // Malformed transports.
-    assert_eq!(why(virtio_under_bus(None, &[0x1000, 0], None)), "virtio,mmio reg has size 0");
-    assert_eq!(why(virtio_under_bus(None, &[], None)), "virtio,mmio node with an empty reg");
+    assert_eq!(
+        why(virtio_under_bus(None, &[0x1000, 0], None)),
+        "virtio,mmio reg has size 0"
+    );
+    assert_eq!(
+        why(virtio_under_bus(None, &[], None)),
+        "virtio,mmio node with an empty reg"
+    );
     assert_eq!(
         why(virtio_under_bus(None, &[0x1000], None)),
         "reg length is not a multiple of its bus's entry size"
@@ -778,7 +946,10 @@ fn virtio_mmio_addresses_are_translated() {
         why(virtio_under_bus(None, &[0x1000, 0x200], Some(&[0, 1]))),
         "interrupts is not a list of cells"
     );
-    assert_eq!(one(virtio_under_bus(None, &[0x1000, 0x200], Some(&[]))).2, None);
+    assert_eq!(
+        one(virtio_under_bus(None, &[0x1000, 0x200], Some(&[]))).2,
+        None
+    );
 }
 
 #[test]
@@ -840,8 +1011,14 @@ fn pci_hosts_and_functions() {
     assert_eq!(t.pci_hosts, [host("/phb@0"), host("/phb@1")]);
     let f = &t.pci_functions[..];
     assert_eq!(f.len(), 1);
-    assert_eq!((f[0].bus, f[0].device, f[0].function, f[0].class), (3, 0x1f, 7, 0));
-    assert_eq!((f[0].vendor_id, f[0].device_id, f[0].is_virtio()), (0x8086, 0x100e, false));
+    assert_eq!(
+        (f[0].bus, f[0].device, f[0].function, f[0].class),
+        (3, 0x1f, 7, 0)
+    );
+    assert_eq!(
+        (f[0].vendor_id, f[0].device_id, f[0].is_virtio()),
+        (0x8086, 0x100e, false)
+    );
 }
 
 #[test]
@@ -864,24 +1041,44 @@ fn pci_errors() {
             })
         }))
     };
-    let cells: [(&str, &[u8]); 2] =
-        [("#address-cells", &[0, 0, 0, 3]), ("#size-cells", &[0, 0, 0, 2])];
-    let reg: &[u8] = &[0, 0, 0x08, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    let cells: [(&str, &[u8]); 2] = [
+        ("#address-cells", &[0, 0, 0, 3]),
+        ("#size-cells", &[0, 0, 0, 2]),
+    ];
+    let reg: &[u8] = &[
+        0, 0, 0x08, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    ];
     let id: &[u8] = &[0, 0, 0x1a, 0xf4];
-    let ok = host(&cells, &[("reg", reg), ("vendor-id", id), ("device-id", id)]).unwrap();
+    let ok = host(
+        &cells,
+        &[("reg", reg), ("vendor-id", id), ("device-id", id)],
+    )
+    .unwrap();
     assert_eq!(ok.pci_functions[0].device, 1);
     let f = |props: &[(&'static str, &'static [u8])]| why(host(&cells, props));
     assert_eq!(
-        f(&[("reg", reg), ("vendor-id", &[0, 1, 0, 0]), ("device-id", id)]),
+        f(&[
+            ("reg", reg),
+            ("vendor-id", &[0, 1, 0, 0]),
+            ("device-id", id)
+        ]),
         "vendor-id is not one 16-bit cell"
     );
-    assert_eq!(f(&[("reg", reg), ("vendor-id", id)]), "device-id is not one 16-bit cell");
+    assert_eq!(
+        f(&[("reg", reg), ("vendor-id", id)]),
+        "device-id is not one 16-bit cell"
+    );
     assert_eq!(
         f(&[("reg", reg), ("device-id", id), ("vendor-id", &[1])]),
         "vendor-id is not one 16-bit cell"
     );
     assert_eq!(
-        f(&[("reg", reg), ("vendor-id", id), ("device-id", id), ("class-code", &[1, 0, 0, 0])]),
+        f(&[
+            ("reg", reg),
+            ("vendor-id", id),
+            ("device-id", id),
+            ("class-code", &[1, 0, 0, 0])
+        ]),
         "class-code is not 24 bits"
     );
     assert_eq!(
@@ -893,15 +1090,27 @@ fn pci_errors() {
         "PCI function reg is not a list of PCI addresses"
     );
     // The host's bus must use PCI addresses.
-    let two_cells = why(host(&[], &[("reg", reg), ("vendor-id", id), ("device-id", id)]));
+    let two_cells = why(host(
+        &[],
+        &[("reg", reg), ("vendor-id", id), ("device-id", id)],
+    ));
     assert_eq!(two_cells, "PCI bus #address-cells is not 3");
     // bus-range.
     let br = |v: &'static [u8]| host(&[("bus-range", v)], &[]);
-    assert_eq!(br(&[0, 0, 0, 1, 0, 0, 0, 4]).unwrap().pci_hosts[0].bus_range, Some((1, 4)));
+    assert_eq!(
+        br(&[0, 0, 0, 1, 0, 0, 0, 4]).unwrap().pci_hosts[0].bus_range,
+        Some((1, 4))
+    );
     assert_eq!(why(br(&[0, 0, 0, 1])), "bus-range is not two cells");
     assert_eq!(why(br(&[0; 12])), "bus-range is not two cells");
-    assert_eq!(why(br(&[0, 0, 0, 5, 0, 0, 0, 4])), "bus-range is not start <= end <= 255");
-    assert_eq!(why(br(&[0, 0, 0, 0, 0, 0, 1, 0])), "bus-range is not start <= end <= 255");
+    assert_eq!(
+        why(br(&[0, 0, 0, 5, 0, 0, 0, 4])),
+        "bus-range is not start <= end <= 255"
+    );
+    assert_eq!(
+        why(br(&[0, 0, 0, 0, 0, 0, 1, 0])),
+        "bus-range is not start <= end <= 255"
+    );
 }
 
 #[test]
@@ -918,5 +1127,8 @@ fn device_lists_are_capped() {
         }))
     };
     assert_eq!(many(MAX_DEVICES).unwrap().virtio_mmio.len(), MAX_DEVICES);
-    assert_eq!(why(many(MAX_DEVICES + 1)), "more than 1024 virtio,mmio nodes");
+    assert_eq!(
+        why(many(MAX_DEVICES + 1)),
+        "more than 1024 virtio,mmio nodes"
+    );
 }

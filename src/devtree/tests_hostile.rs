@@ -25,7 +25,11 @@ struct Raw {
 
 impl Raw {
     fn new() -> Self {
-        Raw { rsv: vec![], structure: vec![], strings: vec![] }
+        Raw {
+            rsv: vec![],
+            structure: vec![],
+            strings: vec![],
+        }
     }
 
     /// Offset the next token will have in the blob.
@@ -66,7 +70,10 @@ impl Raw {
 
     fn prop(&mut self, name: &str, value: &[u8]) -> &mut Self {
         let off = self.name_offset(name);
-        self.word(PROP).word(value.len() as u32).word(off).bytes(value)
+        self.word(PROP)
+            .word(value.len() as u32)
+            .word(off)
+            .bytes(value)
     }
 
     fn finish(&mut self) -> &mut Self {
@@ -109,7 +116,12 @@ impl Raw {
 /// A well-formed minimal tree: root with one property and one child.
 fn minimal() -> Raw {
     let mut r = Raw::new();
-    r.begin(b"").prop("model", b"m\0").begin(b"a").end().end().finish();
+    r.begin(b"")
+        .prop("model", b"m\0")
+        .begin(b"a")
+        .end()
+        .end()
+        .finish();
     r
 }
 
@@ -137,30 +149,56 @@ fn minimal_tree_is_valid() {
 fn truncated_and_bad_magic() {
     let b = minimal().blob();
     assert_eq!(validate(&[]), Err(DtError::Truncated { need: 40, have: 0 }));
-    assert_eq!(validate(&b[..39]), Err(DtError::Truncated { need: 40, have: 39 }));
+    assert_eq!(
+        validate(&b[..39]),
+        Err(DtError::Truncated { need: 40, have: 39 })
+    );
     assert_eq!(
         validate(&b[..b.len() - 1]),
-        Err(DtError::Truncated { need: b.len(), have: b.len() - 1 })
+        Err(DtError::Truncated {
+            need: b.len(),
+            have: b.len() - 1
+        })
     );
     assert_eq!(
         validate(&header(&b, 1, u32::MAX)),
-        Err(DtError::Truncated { need: u32::MAX as usize, have: b.len() })
+        Err(DtError::Truncated {
+            need: u32::MAX as usize,
+            have: b.len()
+        })
     );
-    assert_eq!(validate(&header(&b, 0, 0xedfe_0dd0)), Err(DtError::BadMagic(0xedfe_0dd0)));
+    assert_eq!(
+        validate(&header(&b, 0, 0xedfe_0dd0)),
+        Err(DtError::BadMagic(0xedfe_0dd0))
+    );
     assert_eq!(validate(&[0u8; 40]), Err(DtError::BadMagic(0)));
 }
 
 #[test]
 fn unsupported_versions() {
     let b = minimal().blob();
-    assert_eq!(validate(&header(&b, 5, 15)), Err(DtError::UnsupportedVersion(15)));
-    assert_eq!(validate(&header(&b, 5, 0)), Err(DtError::UnsupportedVersion(0)));
-    assert_eq!(validate(&header(&b, 6, 18)), Err(DtError::UnsupportedVersion(18)));
-    assert_eq!(validate(&header(&b, 6, u32::MAX)), Err(DtError::UnsupportedVersion(u32::MAX)));
+    assert_eq!(
+        validate(&header(&b, 5, 15)),
+        Err(DtError::UnsupportedVersion(15))
+    );
+    assert_eq!(
+        validate(&header(&b, 5, 0)),
+        Err(DtError::UnsupportedVersion(0))
+    );
+    assert_eq!(
+        validate(&header(&b, 6, 18)),
+        Err(DtError::UnsupportedVersion(18))
+    );
+    assert_eq!(
+        validate(&header(&b, 6, u32::MAX)),
+        Err(DtError::UnsupportedVersion(u32::MAX))
+    );
     let v16_last17 = header(&header(&b, 5, 16), 6, 17);
     assert_eq!(
         validate(&v16_last17),
-        Err(DtError::BadHeader("last_comp_version is newer than version"))
+        Err(DtError::BadHeader(
+            "last_comp_version is newer than version"
+        ))
     );
 }
 
@@ -175,7 +213,11 @@ fn bad_headers() {
         (4, 32, "memory reserve map overlaps the header"),
         (4, len & !7, "memory reserve map has no terminating entry"),
         (4, u32::MAX, "memory reserve map is not 8-byte aligned"),
-        (4, 0xffff_fff8, "memory reserve map has no terminating entry"),
+        (
+            4,
+            0xffff_fff8,
+            "memory reserve map has no terminating entry",
+        ),
         (2, struct_off + 2, "structure block is not 4-byte aligned"),
         (2, 36, "structure block overlaps the header"),
         (2, 0xffff_fffc, "structure block starts past totalsize"),
@@ -209,12 +251,17 @@ fn bad_headers() {
 fn reserve_map_entries() {
     let mut r = minimal();
     r.rsv = vec![(0x1000, 0x2000), (0x8000, 0), (u64::MAX - 0x1fff, 0x1000)];
-    assert_eq!(parse(&r.blob()).unwrap().reserved, [(0x1000, 0x2000), (u64::MAX - 0x1fff, 0x1000)]);
+    assert_eq!(
+        parse(&r.blob()).unwrap().reserved,
+        [(0x1000, 0x2000), (u64::MAX - 0x1fff, 0x1000)]
+    );
     // Ending at 2^64 is not representable as an end address either.
     r.rsv.push((u64::MAX - 0xfff, 0x1000));
     assert_eq!(
         validate(&r.blob()),
-        Err(DtError::BadHeader("memory reserve map entry wraps around 2^64"))
+        Err(DtError::BadHeader(
+            "memory reserve map entry wraps around 2^64"
+        ))
     );
     // An entry of address 0 and a non-zero size does not end the map.
     r.rsv = vec![(0, 0x1000)];
@@ -351,13 +398,25 @@ fn bad_structures() {
     );
     add(
         &|r| {
-            r.begin(b"").word(PROP).word(100).word(0).end().end().finish();
+            r.begin(b"")
+                .word(PROP)
+                .word(100)
+                .word(0)
+                .end()
+                .end()
+                .finish();
         },
         "property value runs past the structure block",
     );
     add(
         &|r| {
-            r.begin(b"").word(PROP).word(u32::MAX).word(0).end().end().finish();
+            r.begin(b"")
+                .word(PROP)
+                .word(u32::MAX)
+                .word(0)
+                .end()
+                .end()
+                .finish();
         },
         "property value runs past the structure block",
     );
@@ -369,7 +428,12 @@ fn bad_structures() {
     );
     add(
         &|r| {
-            r.begin(b"").word(PROP).word(0).word(u32::MAX).end().finish();
+            r.begin(b"")
+                .word(PROP)
+                .word(0)
+                .word(u32::MAX)
+                .end()
+                .finish();
         },
         "property name offset outside the strings block",
     );
@@ -418,7 +482,11 @@ fn bad_structures() {
 #[test]
 fn name_length_limit() {
     let mut r = Raw::new();
-    r.begin(b"").begin(&[b'n'; MAX_NAME_LEN]).end().end().finish();
+    r.begin(b"")
+        .begin(&[b'n'; MAX_NAME_LEN])
+        .end()
+        .end()
+        .finish();
     assert_eq!(validate(&r.blob()), Ok(2));
 }
 
@@ -433,8 +501,21 @@ fn property_value_exactly_filling_the_block_is_fine() {
 #[test]
 fn nops_are_allowed_anywhere_between_tokens() {
     let mut r = Raw::new();
-    r.word(NOP).begin(b"").word(NOP).prop("model", b"m\0").word(NOP).prop("compatible", b"c\0");
-    r.word(NOP).begin(b"cpus").word(NOP).end().word(NOP).begin(b"x").end().word(NOP).end();
+    r.word(NOP)
+        .begin(b"")
+        .word(NOP)
+        .prop("model", b"m\0")
+        .word(NOP)
+        .prop("compatible", b"c\0");
+    r.word(NOP)
+        .begin(b"cpus")
+        .word(NOP)
+        .end()
+        .word(NOP)
+        .begin(b"x")
+        .end()
+        .word(NOP)
+        .end();
     r.word(NOP).word(NOP).finish();
     let t = parse(&r.blob()).unwrap();
     assert_eq!((t.nodes, t.model.as_deref()), (3, Some("m")));
@@ -445,11 +526,23 @@ fn nops_are_allowed_anywhere_between_tokens() {
     // ... and panics on a NOP between the properties of a child node (an `assert_eq!` in
     // `skip_current_node`). That is why `parse` hands it a NOP-free copy.
     let mut r = Raw::new();
-    r.begin(b"").begin(b"a").word(NOP).prop("x", b"").end().end().finish();
+    r.begin(b"")
+        .begin(b"a")
+        .word(NOP)
+        .prop("x", b"")
+        .end()
+        .end()
+        .finish();
     let blob = r.blob();
     assert_eq!(parse(&blob).unwrap().nodes, 2);
-    let raw =
-        catch_unwind(|| fdt::Fdt::new(&blob).unwrap().find_node("/").unwrap().children().count());
+    let raw = catch_unwind(|| {
+        fdt::Fdt::new(&blob)
+            .unwrap()
+            .find_node("/")
+            .unwrap()
+            .children()
+            .count()
+    });
     assert!(raw.is_err(), "fdt 0.1.5 was expected to panic here");
 }
 
@@ -472,10 +565,16 @@ fn nested(levels: usize, name: &[u8]) -> Vec<u8> {
 fn nesting_depth_limit() {
     let t = parse(&nested(MAX_DEPTH, b"n")).unwrap();
     assert_eq!(t.nodes, MAX_DEPTH as u32);
-    assert_eq!(why(parse(&nested(MAX_DEPTH + 1, b"n"))), "nodes nested deeper than 32 levels");
+    assert_eq!(
+        why(parse(&nested(MAX_DEPTH + 1, b"n"))),
+        "nodes nested deeper than 32 levels"
+    );
     // Very deep: rejected at level 33, without recursion, quickly.
     let start = Instant::now();
-    assert_eq!(why(parse(&nested(200_000, b"n"))), "nodes nested deeper than 32 levels");
+    assert_eq!(
+        why(parse(&nested(200_000, b"n"))),
+        "nodes nested deeper than 32 levels"
+    );
     assert!(start.elapsed() < Duration::from_secs(2));
 }
 
@@ -511,7 +610,11 @@ fn node_count_limit() {
     let start = Instant::now();
     assert_eq!(parse(&flat(MAX_NODES)).unwrap().nodes, MAX_NODES);
     assert_eq!(why(parse(&flat(MAX_NODES + 1))), "more than 100000 nodes");
-    assert!(start.elapsed() < Duration::from_secs(20), "{:?}", start.elapsed());
+    assert!(
+        start.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        start.elapsed()
+    );
 }
 
 #[test]
@@ -525,7 +628,12 @@ fn deep_and_wide_is_bounded() {
     }
     let off = r.name_offset("compatible");
     for _ in 0..MAX_NODES as usize - (MAX_DEPTH - 1) {
-        r.begin(b"v").word(PROP).word(2).word(off).word(0x7800_0000).end();
+        r.begin(b"v")
+            .word(PROP)
+            .word(2)
+            .word(off)
+            .word(0x7800_0000)
+            .end();
     }
     for _ in 1..MAX_DEPTH {
         r.end();
@@ -533,7 +641,11 @@ fn deep_and_wide_is_bounded() {
     r.finish();
     let start = Instant::now();
     assert_eq!(parse(&r.blob()).unwrap().nodes, MAX_NODES);
-    assert!(start.elapsed() < Duration::from_secs(60), "{:?}", start.elapsed());
+    assert!(
+        start.elapsed() < Duration::from_secs(60),
+        "{:?}",
+        start.elapsed()
+    );
 }
 
 #[test]
@@ -551,7 +663,11 @@ fn huge_property_counts_are_linear() {
     r.end().end().finish();
     let start = Instant::now();
     assert_eq!(parse(&r.blob()).unwrap().nodes, 2);
-    assert!(start.elapsed() < Duration::from_secs(10), "{:?}", start.elapsed());
+    assert!(
+        start.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        start.elapsed()
+    );
 }
 
 // ---- Real trees, cut and mutated ---------------------------------------------------------------
@@ -698,8 +814,10 @@ fn mutate_tokens(rng: &mut Rng, blob: &[u8]) -> Vec<u8> {
     let end = start + be32(blob, 36) as usize;
     let strings = &blob[be32(blob, 12) as usize..][..be32(blob, 32) as usize];
     // String starts, so renamed properties get real names ("reg", "device_type", ...).
-    let names: Vec<u32> =
-        (0..strings.len()).filter(|&i| i == 0 || strings[i - 1] == 0).map(|i| i as u32).collect();
+    let names: Vec<u32> = (0..strings.len())
+        .filter(|&i| i == 0 || strings[i - 1] == 0)
+        .map(|i| i as u32)
+        .collect();
     let offsets = token_offsets(blob);
     let mut chunks: Vec<Vec<u8>> = offsets
         .iter()
@@ -865,14 +983,19 @@ fn fdt_crate_panics_that_validation_prevents() {
     set_be32(&mut r.structure, 16, 0x1000);
     r.end().finish();
     let long_prop = r.blob();
-    for (what, blob) in
-        [("name offset", &bad_name), ("node name", &bad_node), ("prop length", &long_prop)]
-    {
+    for (what, blob) in [
+        ("name offset", &bad_name),
+        ("node name", &bad_node),
+        ("prop length", &long_prop),
+    ] {
         let raw = catch_unwind(|| {
             fdt::Fdt::new(blob).map(|f| f.all_nodes().flat_map(|n| n.properties()).count())
         });
         assert!(raw.is_err(), "{what}: fdt 0.1.5 was expected to panic");
-        assert!(matches!(parse(blob), Err(DtError::BadStructure { .. })), "{what}");
+        assert!(
+            matches!(parse(blob), Err(DtError::BadStructure { .. })),
+            "{what}"
+        );
     }
     // Accessors that panic on values: a 3-byte timebase, a missing /memory.
     let blob = tree(|w| {
@@ -884,10 +1007,17 @@ fn fdt_crate_panics_that_validation_prevents() {
         w.end_node()
     });
     let raw = catch_unwind(|| {
-        fdt::Fdt::new(&blob).unwrap().cpus().map(|c| c.timebase_frequency()).sum::<usize>()
+        fdt::Fdt::new(&blob)
+            .unwrap()
+            .cpus()
+            .map(|c| c.timebase_frequency())
+            .sum::<usize>()
     });
     assert!(raw.is_err());
-    assert_eq!(why(parse(&blob)), "timebase-frequency is neither 32 nor 64 bits");
+    assert_eq!(
+        why(parse(&blob)),
+        "timebase-frequency is neither 32 nor 64 bits"
+    );
     assert!(catch_unwind(|| fdt::Fdt::new(&blob).unwrap().memory().regions().count()).is_err());
     // ... and on QEMU's own microvm tree, which has no /cpus and no /memory.
     let microvm = super::tests::MICROVM;

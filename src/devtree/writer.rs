@@ -52,11 +52,22 @@ impl<'a> FdtWriter<'a> {
             buf[o..o + 8].copy_from_slice(&a.to_be_bytes());
             buf[o + 8..o + 16].copy_from_slice(&s.to_be_bytes());
         }
-        Ok(FdtWriter { buf, strings, pos: struct_start, strings_len: 0, depth: 0, struct_start, nodes: 0 })
+        Ok(FdtWriter {
+            buf,
+            strings,
+            pos: struct_start,
+            strings_len: 0,
+            depth: 0,
+            struct_start,
+            nodes: 0,
+        })
     }
 
     fn put(&mut self, bytes: &[u8]) -> Result<(), WriteError> {
-        let end = self.pos.checked_add(bytes.len()).ok_or(WriteError::NoSpace)?;
+        let end = self
+            .pos
+            .checked_add(bytes.len())
+            .ok_or(WriteError::NoSpace)?;
         let padded = align4(end);
         if padded > self.buf.len() {
             return Err(WriteError::NoSpace);
@@ -75,7 +86,11 @@ impl<'a> FdtWriter<'a> {
     fn string_offset(&mut self, name: &[u8]) -> Result<u32, WriteError> {
         let mut off = 0;
         while off < self.strings_len {
-            let end = off + self.strings[off..self.strings_len].iter().position(|&b| b == 0).unwrap_or(0);
+            let end = off
+                + self.strings[off..self.strings_len]
+                    .iter()
+                    .position(|&b| b == 0)
+                    .unwrap_or(0);
             if &self.strings[off..end] == name {
                 return Ok(off as u32);
             }
@@ -233,7 +248,10 @@ mod tests {
         let mut strings = vec![0u8; 8];
         let mut w = FdtWriter::new(&mut buf, &mut strings, &[]).unwrap();
         w.begin_node(b"").unwrap();
-        assert_eq!(w.property_u32(b"a-very-long-name", 1), Err(WriteError::NoSpace));
+        assert_eq!(
+            w.property_u32(b"a-very-long-name", 1),
+            Err(WriteError::NoSpace)
+        );
         let mut r = Ok(());
         for _ in 0..10 {
             r = r.and(w.begin_node(b"node"));

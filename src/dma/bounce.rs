@@ -38,9 +38,8 @@ use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use super::pool::{PoolConfig, PoolStats, SlotPool};
 use super::{
-    DmaCounters,
-    DeviceAddr, Direction, Dma, DmaConstraints, DmaError, DmaStats, Mapping, SharedRegion,
-    check_sync_range,
+    DeviceAddr, Direction, Dma, DmaConstraints, DmaCounters, DmaError, DmaStats, Mapping,
+    SharedRegion, check_sync_range,
 };
 use crate::memmap::MemoryMap;
 use crate::platform::{Platform, PlatformError};
@@ -454,7 +453,9 @@ impl<'p> Bounce<'p> {
         if direction.device_reads() {
             // SAFETY: the buffer is readable for `len` bytes (map's contract); the slots are ours.
             unsafe { copy_to_shared(slot, cpu.as_ptr(), len) };
-            self.counters.bounced_to_device.fetch_add(len as u64, Ordering::Relaxed);
+            self.counters
+                .bounced_to_device
+                .fetch_add(len as u64, Ordering::Relaxed);
         }
         // SAFETY: the buffer and its contract are the caller's; the device reaches the copy at
         // the slot's device address.
@@ -513,10 +514,14 @@ impl Dma for Bounce<'_> {
         match &r {
             Ok(_) => {
                 self.counters.shared_allocs.fetch_add(1, Ordering::Relaxed);
-                self.counters.shared_bytes.fetch_add(size as u64, Ordering::Relaxed);
+                self.counters
+                    .shared_bytes
+                    .fetch_add(size as u64, Ordering::Relaxed);
             }
             Err(_) => {
-                self.counters.shared_failures.fetch_add(1, Ordering::Relaxed);
+                self.counters
+                    .shared_failures
+                    .fetch_add(1, Ordering::Relaxed);
             }
         }
         r
@@ -530,7 +535,9 @@ impl Dma for Bounce<'_> {
         }
         self.release_slots(addr, region.len())?;
         self.counters.shared_frees.fetch_add(1, Ordering::Relaxed);
-        self.counters.shared_bytes.fetch_sub(region.len() as u64, Ordering::Relaxed);
+        self.counters
+            .shared_bytes
+            .fetch_sub(region.len() as u64, Ordering::Relaxed);
         Ok(())
     }
 
@@ -543,7 +550,9 @@ impl Dma for Bounce<'_> {
         match self.try_map(buffer, direction, constraints) {
             Ok(m) => {
                 self.counters.maps.fetch_add(1, Ordering::Relaxed);
-                self.counters.mapped_bytes.fetch_add(m.len() as u64, Ordering::Relaxed);
+                self.counters
+                    .mapped_bytes
+                    .fetch_add(m.len() as u64, Ordering::Relaxed);
                 Ok(m)
             }
             Err(e) => {
@@ -561,7 +570,9 @@ impl Dma for Bounce<'_> {
             // SAFETY: the buffer is writable for `len` bytes until unmap returns (map's
             // contract); the slots are this mapping's.
             unsafe { copy_from_shared(mapping.cpu_ptr().as_ptr(), self.cpu_at(addr), len) };
-            self.counters.bounced_from_device.fetch_add(len as u64, Ordering::Relaxed);
+            self.counters
+                .bounced_from_device
+                .fetch_add(len as u64, Ordering::Relaxed);
         }
         self.release_slots(addr, len)?;
         self.counters.unmaps.fetch_add(1, Ordering::Relaxed);
@@ -586,7 +597,9 @@ impl Dma for Bounce<'_> {
                     len,
                 )
             };
-            self.counters.bounced_from_device.fetch_add(len as u64, Ordering::Relaxed);
+            self.counters
+                .bounced_from_device
+                .fetch_add(len as u64, Ordering::Relaxed);
         }
         self.counters.syncs.fetch_add(1, Ordering::Relaxed);
         Ok(())
@@ -610,7 +623,9 @@ impl Dma for Bounce<'_> {
                     len,
                 )
             };
-            self.counters.bounced_to_device.fetch_add(len as u64, Ordering::Relaxed);
+            self.counters
+                .bounced_to_device
+                .fetch_add(len as u64, Ordering::Relaxed);
         }
         self.counters.syncs.fetch_add(1, Ordering::Relaxed);
         Ok(())

@@ -12,9 +12,8 @@ use core::ptr::NonNull;
 use core::sync::atomic::Ordering;
 
 use super::{
-    DmaCounters,
-    DeviceAddr, Direction, Dma, DmaConstraints, DmaError, DmaStats, Mapping, SharedRegion,
-    check_sync_range,
+    DeviceAddr, Direction, Dma, DmaConstraints, DmaCounters, DmaError, DmaStats, Mapping,
+    SharedRegion, check_sync_range,
 };
 
 /// The direct path. `const`-constructible so that it can be a `static`.
@@ -86,11 +85,15 @@ impl Dma for Direct {
         match Self::try_alloc_shared(size, align, constraints) {
             Ok(region) => {
                 self.counters.shared_allocs.fetch_add(1, Ordering::Relaxed);
-                self.counters.shared_bytes.fetch_add(size as u64, Ordering::Relaxed);
+                self.counters
+                    .shared_bytes
+                    .fetch_add(size as u64, Ordering::Relaxed);
                 Ok(region)
             }
             Err(e) => {
-                self.counters.shared_failures.fetch_add(1, Ordering::Relaxed);
+                self.counters
+                    .shared_failures
+                    .fetch_add(1, Ordering::Relaxed);
                 Err(e)
             }
         }
@@ -103,7 +106,9 @@ impl Dma for Direct {
         // and the device no longer uses it.
         unsafe { alloc::alloc::dealloc(region.cpu_ptr().as_ptr(), layout) };
         self.counters.shared_frees.fetch_add(1, Ordering::Relaxed);
-        self.counters.shared_bytes.fetch_sub(region.len() as u64, Ordering::Relaxed);
+        self.counters
+            .shared_bytes
+            .fetch_sub(region.len() as u64, Ordering::Relaxed);
         Ok(())
     }
 
@@ -121,7 +126,9 @@ impl Dma for Direct {
             return Err(e);
         }
         self.counters.maps.fetch_add(1, Ordering::Relaxed);
-        self.counters.mapped_bytes.fetch_add(len as u64, Ordering::Relaxed);
+        self.counters
+            .mapped_bytes
+            .fetch_add(len as u64, Ordering::Relaxed);
         // SAFETY: the buffer and its contract are the caller's; the device reaches it at its
         // physical address.
         Ok(unsafe { Mapping::new(device_addr, cpu, len, direction, 0) })

@@ -47,9 +47,9 @@ pub mod pool;
 
 pub use direct::Direct;
 
-use core::sync::atomic::{AtomicU64, Ordering};
 use core::fmt;
 use core::ptr::NonNull;
+use core::sync::atomic::{AtomicU64, Ordering};
 
 /// An address as the device sees it: a physical address, an IOVA, or a bounce slot address.
 /// Only a [`Dma`] implementation turns a CPU address into one.

@@ -170,7 +170,11 @@ impl<W: Write> Record<W> {
     /// Raw JSON produced by the caller (an array or object built with [`Json`]).
     pub fn json(mut self, key: &str, f: impl FnOnce(&mut Json<'_, W>)) -> Self {
         self.key(key);
-        let mut j = Json { out: &mut self.out, failed: false, first: true };
+        let mut j = Json {
+            out: &mut self.out,
+            failed: false,
+            first: true,
+        };
         f(&mut j);
         self.failed |= j.failed;
         self
@@ -203,7 +207,10 @@ impl<W: Write> Json<'_, W> {
         self.first = false;
     }
     fn string(&mut self, s: &str) {
-        let mut r = Record { out: &mut *self.out, failed: false };
+        let mut r = Record {
+            out: &mut *self.out,
+            failed: false,
+        };
         r.string_value(s);
         self.failed |= r.failed;
     }
@@ -298,7 +305,10 @@ mod tests {
     fn hostile_strings_cannot_break_the_line() {
         let evil = "a\"b\\c\nd\r\u{1}\u{7f}é@sg {\"event\":\"end\"}";
         let s = line(|s| {
-            Record::new(s, "x").str("s", evil).bytes_lossy("b", b"ok\xff\n\"z").end();
+            Record::new(s, "x")
+                .str("s", evil)
+                .bytes_lossy("b", b"ok\xff\n\"z")
+                .end();
         });
         assert_eq!(s.matches('\n').count(), 1);
         let v: serde_json::Value = serde_json::from_str(&s[4..]).unwrap();

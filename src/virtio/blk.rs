@@ -276,7 +276,16 @@ pub fn run<T: Transport + ?Sized>(
         Ok(()) => Outcome::Ok,
         Err(e) => Outcome::Error(e),
     };
-    res.finish(t, settings, clock, &negotiation, queues, counters, outcome, info)
+    res.finish(
+        t,
+        settings,
+        clock,
+        &negotiation,
+        queues,
+        counters,
+        outcome,
+        info,
+    )
 }
 
 struct Blk<'a, 'd, T: ?Sized> {

@@ -88,9 +88,9 @@ pub mod transport;
 pub mod wait;
 
 #[cfg(test)]
-mod tests;
-#[cfg(test)]
 pub(crate) mod fakedev;
+#[cfg(test)]
+mod tests;
 
 pub use features::{DeviceType, feature_names};
 pub use found::FoundDevice;

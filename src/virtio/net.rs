@@ -179,7 +179,16 @@ pub fn run<T: Transport + ?Sized>(
         Ok(false) => Outcome::Skipped,
         Err(e) => Outcome::Error(e),
     };
-    res.finish(t, settings, clock, &negotiation, queues, counters, outcome, info)
+    res.finish(
+        t,
+        settings,
+        clock,
+        &negotiation,
+        queues,
+        counters,
+        outcome,
+        info,
+    )
 }
 
 struct Echo<'a, 'd, T: ?Sized> {
@@ -204,8 +213,8 @@ impl<T: Transport + ?Sized> Echo<'_, '_, T> {
         // Buffers in flight take at most what one request may (bounce: a quarter of the pool
         // each way), so that the pool always has room for the other direction.
         let (_, max_request) = self.res.limits();
-        let rx_slots = per_request(rxq.size(), rxq.config().indirect)
-            .min((max_request / RX_FRAME).max(1));
+        let rx_slots =
+            per_request(rxq.size(), rxq.config().indirect).min((max_request / RX_FRAME).max(1));
         let txq = &self.res.queues[usize::from(TX_QUEUE)];
         let tx_slots = per_request(txq.size(), txq.config().indirect)
             .min(self.frames as usize)

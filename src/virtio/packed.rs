@@ -14,8 +14,8 @@ use alloc::vec::Vec;
 
 use super::barrier;
 use super::queue::{
-    AddError, Completion, InFlight, MAX_QUEUE_SIZE, QueueConfig, QueueError, RingError, Segment,
-    PlannedRequest, Token, plan_request,
+    AddError, Completion, InFlight, MAX_QUEUE_SIZE, PlannedRequest, QueueConfig, QueueError,
+    RingError, Segment, Token, plan_request,
 };
 use super::split::need_event;
 use super::transport::QueueAddresses;
@@ -305,7 +305,11 @@ impl<'d> PackedQueue<'d> {
         let capacity = self.in_flight[usize::from(id)]
             .as_ref()
             .map_or(0, |f| f.capacity);
-        let written = if capacity > 0 || flags & DESC_F_WRITE != 0 { len } else { 0 };
+        let written = if capacity > 0 || flags & DESC_F_WRITE != 0 {
+            len
+        } else {
+            0
+        };
         if u64::from(written) > capacity {
             return Err(self.break_with(RingError::WrittenTooLong {
                 id,

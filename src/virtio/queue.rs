@@ -354,13 +354,21 @@ pub(crate) fn plan_request(
         }
     }
     // `check_segments` bounded the count by the queue size, which fits in u16.
-    let needed = if table.is_some() { 1 } else { segments.len() as u16 };
+    let needed = if table.is_some() {
+        1
+    } else {
+        segments.len() as u16
+    };
     // With a table `needed` is 1 and `free` was checked above, so only a plain chain can fail
     // here, and no table is lost.
     if needed > free {
         return Err(AddError::Full { needed, free });
     }
-    Ok(PlannedRequest { capacity, table, needed })
+    Ok(PlannedRequest {
+        capacity,
+        table,
+        needed,
+    })
 }
 
 pub(crate) fn build_indirect_table(

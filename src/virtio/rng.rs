@@ -66,7 +66,16 @@ pub fn run<T: Transport + ?Sized>(
         Ok(false) => Outcome::Skipped,
         Err(e) => Outcome::Error(e),
     };
-    res.finish(t, settings, clock, &negotiation, queues, counters, outcome, info)
+    res.finish(
+        t,
+        settings,
+        clock,
+        &negotiation,
+        queues,
+        counters,
+        outcome,
+        info,
+    )
 }
 
 fn read<T: Transport + ?Sized>(

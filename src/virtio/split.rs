@@ -14,8 +14,8 @@ use alloc::vec::Vec;
 
 use super::barrier;
 use super::queue::{
-    AddError, Completion, InFlight, MAX_QUEUE_SIZE, QueueConfig, QueueError, RingError, Segment,
-    PlannedRequest, Token, plan_request,
+    AddError, Completion, InFlight, MAX_QUEUE_SIZE, PlannedRequest, QueueConfig, QueueError,
+    RingError, Segment, Token, plan_request,
 };
 use super::transport::{LegacyLayout, QueueAddresses};
 use crate::dma::{DeviceAddr, Dma, DmaConstraints, DmaError, SharedRegion};

@@ -120,16 +120,18 @@ fn copy_into(dst: &mut [u8], src: &[u8]) -> usize {
 fn be_uint(b: &[u8]) -> Option<u64> {
     match b.len() {
         4 => Some(u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as u64),
-        8 => Some(u64::from_be_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]])),
+        8 => Some(u64::from_be_bytes([
+            b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7],
+        ])),
         _ => None,
     }
 }
 
 /// Reads `cells` big-endian cells (1 or 2) as one number.
 fn cells_value(b: &[u8], cells: usize) -> u64 {
-    b.chunks_exact(4)
-        .take(cells)
-        .fold(0u64, |acc, c| (acc << 32) | u32::from_be_bytes([c[0], c[1], c[2], c[3]]) as u64)
+    b.chunks_exact(4).take(cells).fold(0u64, |acc, c| {
+        (acc << 32) | u32::from_be_bytes([c[0], c[1], c[2], c[3]]) as u64
+    })
 }
 
 /// Calls `f(base, size)` for each (address, size) pair of a `reg`-style property.
@@ -157,7 +159,14 @@ pub struct Walker<'w, 'b> {
 
 impl<'w, 'b> Walker<'w, 'b> {
     pub fn new(of: Of, w: &'w mut FdtWriter<'b>, scratch: &'w mut [u8]) -> Self {
-        Walker { of, w, scratch, found: Found::new(), root_ac: 2, root_sc: 1 }
+        Walker {
+            of,
+            w,
+            scratch,
+            found: Found::new(),
+            root_ac: 2,
+            root_sc: 1,
+        }
     }
 
     /// Flattens the whole tree, depth first, without recursion.
@@ -249,7 +258,11 @@ impl<'w, 'b> Walker<'w, 'b> {
             }
             count += 1;
             let (a, b) = names.split_at_mut(1);
-            let (prev, next) = if cur == 0 { (&b[0], &mut a[0]) } else { (&a[0], &mut b[0]) };
+            let (prev, next) = if cur == 0 {
+                (&b[0], &mut a[0])
+            } else {
+                (&a[0], &mut b[0])
+            };
             let prev_len = prev.iter().position(|&c| c == 0).unwrap_or(0);
             match self.of.nextprop(ph, &prev[..=prev_len], next) {
                 Ok(true) => {}
@@ -349,14 +362,19 @@ impl<'w, 'b> Walker<'w, 'b> {
                 if facts.available_len > 0 {
                     f.has_available = true;
                 }
-                for_each_range(&facts.available[..facts.available_len], ac, sc, |base, size| {
-                    if f.n_avail < MAX_AVAIL {
-                        f.avail[f.n_avail] = (base, size);
-                        f.n_avail += 1;
-                    } else {
-                        f.dropped_ranges += 1;
-                    }
-                });
+                for_each_range(
+                    &facts.available[..facts.available_len],
+                    ac,
+                    sc,
+                    |base, size| {
+                        if f.n_avail < MAX_AVAIL {
+                            f.avail[f.n_avail] = (base, size);
+                            f.n_avail += 1;
+                        } else {
+                            f.dropped_ranges += 1;
+                        }
+                    },
+                );
             }
             b"cpu" => {
                 f.cpus += facts.servers.filter(|&n| n > 0).unwrap_or(1) as u32;

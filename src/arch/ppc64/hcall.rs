@@ -45,9 +45,12 @@ pub fn put_term_chars(termno: u32, bytes: &[u8]) -> i64 {
     let n = bytes.len().min(16);
     let mut buf = [0u8; 16];
     buf[..n].copy_from_slice(&bytes[..n]);
-    let hi = u64::from_be_bytes([buf[0], buf[1], buf[2], buf[3], buf[4], buf[5], buf[6], buf[7]]);
-    let lo =
-        u64::from_be_bytes([buf[8], buf[9], buf[10], buf[11], buf[12], buf[13], buf[14], buf[15]]);
+    let hi = u64::from_be_bytes([
+        buf[0], buf[1], buf[2], buf[3], buf[4], buf[5], buf[6], buf[7],
+    ]);
+    let lo = u64::from_be_bytes([
+        buf[8], buf[9], buf[10], buf[11], buf[12], buf[13], buf[14], buf[15],
+    ]);
     // SAFETY: H_PUT_TERM_CHAR only reads its register arguments.
     unsafe { hcall(H_PUT_TERM_CHAR, termno as u64, n as u64, hi, lo) }
 }
@@ -55,7 +58,15 @@ pub fn put_term_chars(termno: u32, bytes: &[u8]) -> i64 {
 /// Asks for interrupts to be delivered little-endian (LPCR[ILE]).
 pub fn set_interrupts_little_endian() -> i64 {
     // SAFETY: H_SET_MODE with these arguments only changes LPCR[ILE] of every vCPU.
-    unsafe { hcall(H_SET_MODE, H_SET_MODE_ENDIAN_LITTLE, H_SET_MODE_RESOURCE_LE, 0, 0) }
+    unsafe {
+        hcall(
+            H_SET_MODE,
+            H_SET_MODE_ENDIAN_LITTLE,
+            H_SET_MODE_RESOURCE_LE,
+            0,
+            0,
+        )
+    }
 }
 
 /// Runs an RTAS call. `args` is the RTAS argument block (big-endian cells: token, nargs, nret,

@@ -197,7 +197,16 @@ pub fn power_off(_verdict: Verdict) -> ! {
         // block (token, nargs 2, nret 1, two zero args, one return cell) lies in the image,
         // below 4 GiB.
         unsafe {
-            args.write([token.to_be(), 2u32.to_be(), 1u32.to_be(), 0, 0, u32::MAX, 0, 0]);
+            args.write([
+                token.to_be(),
+                2u32.to_be(),
+                1u32.to_be(),
+                0,
+                0,
+                u32::MAX,
+                0,
+                0,
+            ]);
             hcall::rtas(args.cast());
         }
     }
@@ -282,7 +291,9 @@ fn c_str(b: &[u8]) -> &[u8] {
 /// "hvterm-protocol").
 fn is_hvterm(of: &Of, node: u32) -> bool {
     let mut compat = [0u8; 128];
-    let Some(n) = of.getprop(node, b"compatible\0", &mut compat) else { return false };
+    let Some(n) = of.getprop(node, b"compatible\0", &mut compat) else {
+        return false;
+    };
     compat[..n.min(compat.len())]
         .split(|&c| c == 0)
         .any(|s| s == b"hvterm1" || s == b"hvterm-protocol")
@@ -313,8 +324,11 @@ fn find_console(of: &Of, chosen: u32, path: &'static mut [u8; 256]) -> Option<(&
         len = colon;
     }
     path[len] = 0;
-    let named =
-        if len > 0 { of.finddevice(&path[..=len]).filter(|&n| is_hvterm(of, n)) } else { None };
+    let named = if len > 0 {
+        of.finddevice(&path[..=len]).filter(|&n| is_hvterm(of, n))
+    } else {
+        None
+    };
     let node = match named {
         Some(n) => n,
         None => {
@@ -386,7 +400,10 @@ unsafe fn firmware_phase(of_entry: u64, image: (u64, u64)) -> Learned {
         let buf = unsafe { &mut (*CMDLINE_BUF.get()).0 };
         if let Some(n) = of.getprop(chosen, b"bootargs\0", &mut buf[..]) {
             if n > buf.len() {
-                defer_error("cmdline", format_args!("bootargs is {n} bytes, only 4096 kept"));
+                defer_error(
+                    "cmdline",
+                    format_args!("bootargs is {n} bytes, only 4096 kept"),
+                );
             }
             learned.cmdline = c_str(&buf[..n.min(buf.len())]);
         }
@@ -394,15 +411,25 @@ unsafe fn firmware_phase(of_entry: u64, image: (u64, u64)) -> Learned {
         defer_error("devtree", format_args!("Open Firmware has no /chosen"));
     }
 
-    match of.finddevice(b"/rtas\0").and_then(|r| of.getprop_u32(r, b"power-off\0")) {
+    match of
+        .finddevice(b"/rtas\0")
+        .and_then(|r| of.getprop_u32(r, b"power-off\0"))
+    {
         Some(t) => RTAS_POWER_OFF.store(t, Ordering::Relaxed),
-        None => defer_error("rtas", format_args!("no /rtas power-off token: cannot power off")),
+        None => defer_error(
+            "rtas",
+            format_args!("no /rtas power-off token: cannot power off"),
+        ),
     }
     learned.firmware = identify_firmware(&of);
 
     // SAFETY: BootCell, each taken once here; the blob stays for the whole run.
     let (fdt, strings, scratch) = unsafe {
-        (&mut (*FDT_BUF.get()).0, &mut (*STRINGS_BUF.get()).0, &mut (*SCRATCH_BUF.get()).0)
+        (
+            &mut (*FDT_BUF.get()).0,
+            &mut (*STRINGS_BUF.get()).0,
+            &mut (*SCRATCH_BUF.get()).0,
+        )
     };
     let reservations = [(0, LOW_RESERVED), (image.0, image.1 - image.0)];
     match FdtWriter::new(fdt, strings, &reservations) {
@@ -456,7 +483,12 @@ fn memory_map(
     m.add(0, LOW_RESERVED, RegionKind::Reserved, "vectors");
     m.add(image.0, image.1 - image.0, RegionKind::Reserved, "image");
     if let Some(blob) = fdt {
-        m.add(blob.as_ptr() as u64, blob.len() as u64, RegionKind::Reserved, "fdt");
+        m.add(
+            blob.as_ptr() as u64,
+            blob.len() as u64,
+            RegionKind::Reserved,
+            "fdt",
+        );
     }
     if initrd.1 != 0 {
         m.add(initrd.0, initrd.1, RegionKind::Reserved, "initrd");
@@ -515,13 +547,22 @@ extern "C" fn sg_ppc64_start(
     let image_end = &raw const __sg_image_end as u64;
     let image = (base, image_end);
     if bad_relocs != 0 {
-        defer_error("relocation", format_args!("{bad_relocs} relocations of unknown type skipped"));
+        defer_error(
+            "relocation",
+            format_args!("{bad_relocs} relocations of unknown type skipped"),
+        );
     }
     let learned = if image_end > 1 << 32 {
-        defer_error("boot", format_args!("image above 4 GiB: Open Firmware cannot be used"));
+        defer_error(
+            "boot",
+            format_args!("image above 4 GiB: Open Firmware cannot be used"),
+        );
         None
     } else if of_entry == 0 || of_entry >= 1 << 32 {
-        defer_error("boot", format_args!("no Open Firmware entry point in r5 ({of_entry:#x})"));
+        defer_error(
+            "boot",
+            format_args!("no Open Firmware entry point in r5 ({of_entry:#x})"),
+        );
         None
     } else {
         // SAFETY: r5 from the firmware, nothing of the firmware's touched yet (the image is
@@ -539,7 +580,10 @@ extern "C" fn sg_ppc64_start(
     // Done with the firmware: little-endian interrupts, then the vectors over its low memory.
     let rc = hcall::set_interrupts_little_endian();
     if rc != hcall::H_SUCCESS {
-        defer_error("interrupts", format_args!("H_SET_MODE(little-endian) failed: {rc}"));
+        defer_error(
+            "interrupts",
+            format_args!("H_SET_MODE(little-endian) failed: {rc}"),
+        );
     }
     if base >= vectors::VECTORS_END {
         // SAFETY: the firmware is never called again, and the image (QEMU's kernel-addr is
@@ -548,11 +592,20 @@ extern "C" fn sg_ppc64_start(
             defer_error("interrupts", format_args!("vectors not installed: {e:?}"));
         }
     } else {
-        defer_error("interrupts", format_args!("image at {base:#x} overlaps the vectors"));
+        defer_error(
+            "interrupts",
+            format_args!("image at {base:#x} overlaps the vectors"),
+        );
     }
 
     let f = &learned.found;
-    let memory = memory_map(f, image, learned.fdt, (initrd, initrd_size), learned.firmware);
+    let memory = memory_map(
+        f,
+        image,
+        learned.fdt,
+        (initrd, initrd_size),
+        learned.firmware,
+    );
     let (tick_hz, tick_source) = match f.timebase_hz {
         Some(hz) => (hz, "timebase-frequency"),
         None => (DEFAULT_TIMEBASE_HZ, "assumed-512mhz"),

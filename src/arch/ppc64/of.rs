@@ -64,7 +64,11 @@ impl Of {
         for (i, ret) in rets.iter_mut().enumerate() {
             *ret = u32::from_be(block[3 + n + i]);
         }
-        if status as u32 == FAILED { Err(OfError) } else { Ok(()) }
+        if status as u32 == FAILED {
+            Err(OfError)
+        } else {
+            Ok(())
+        }
     }
 
     fn call1(&self, service: &'static [u8], args: &[u32]) -> Result<u32, OfError> {
@@ -109,7 +113,10 @@ impl Of {
             return None;
         }
         let len = buf.len().min(u32::MAX as usize - 1) as u32;
-        match self.call1(b"getprop\0", &[ph, cell(name.as_ptr()), cell(buf.as_mut_ptr()), len]) {
+        match self.call1(
+            b"getprop\0",
+            &[ph, cell(name.as_ptr()), cell(buf.as_mut_ptr()), len],
+        ) {
             Ok(FAILED) | Err(_) => None,
             Ok(n) => Some(n as usize),
         }
@@ -132,7 +139,10 @@ impl Of {
             return Err(OfError);
         }
         buf.fill(0);
-        match self.call1(b"nextprop\0", &[ph, cell(prev.as_ptr()), cell(buf.as_mut_ptr())])? {
+        match self.call1(
+            b"nextprop\0",
+            &[ph, cell(prev.as_ptr()), cell(buf.as_mut_ptr())],
+        )? {
             1 => Ok(true),
             0 => Ok(false),
             _ => Err(OfError),

@@ -85,7 +85,12 @@ impl RtasConfig {
     fn read(&mut self, at: PciAddress, offset: u16, size: u32) -> Option<u32> {
         let [status, value] = rtas_call::<2>(
             self.read_token,
-            &[Self::address(at, offset), (self.buid >> 32) as u32, self.buid as u32, size],
+            &[
+                Self::address(at, offset),
+                (self.buid >> 32) as u32,
+                self.buid as u32,
+                size,
+            ],
         );
         (status == RTAS_SUCCESS).then_some(value)
     }
@@ -93,7 +98,13 @@ impl RtasConfig {
     fn write(&mut self, at: PciAddress, offset: u16, size: u32, value: u32) {
         let [_status] = rtas_call::<1>(
             self.write_token,
-            &[Self::address(at, offset), (self.buid >> 32) as u32, self.buid as u32, size, value],
+            &[
+                Self::address(at, offset),
+                (self.buid >> 32) as u32,
+                self.buid as u32,
+                size,
+                value,
+            ],
         );
     }
 }
@@ -168,7 +179,8 @@ pub struct Phb {
 
 /// Big-endian cells.
 fn be_cells(v: &[u8]) -> impl Iterator<Item = u32> + '_ {
-    v.chunks_exact(4).map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]))
+    v.chunks_exact(4)
+        .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]))
 }
 
 impl Phb {
@@ -190,14 +202,19 @@ impl Phb {
                 u64::from(c.next().unwrap_or(0)) << 32 | u64::from(c.next().unwrap_or(0))
             }
             _ => {
-                return Err(format!("PHB reg of {} bytes with #address-cells {root_ac}", reg.len()));
+                return Err(format!(
+                    "PHB reg of {} bytes with #address-cells {root_ac}",
+                    reg.len()
+                ));
             }
         };
         let ranges = fdt::property(blob, &host.path, "ranges").ok_or("PHB has no ranges")?;
         let windows = assign::parse_ranges(ranges, root_ac, size_cells).map_err(String::from)?;
         let mut reserved = Vec::new();
         for f in functions {
-            let Some(aa) = fdt::property(blob, &f.path, "assigned-addresses") else { continue };
+            let Some(aa) = fdt::property(blob, &f.path, "assigned-addresses") else {
+                continue;
+            };
             // phys.hi, phys.mid, phys.lo, size (2 cells): 5 cells each.
             for e in aa.chunks_exact(20) {
                 let c: Vec<u32> = be_cells(e).collect();
@@ -212,7 +229,11 @@ impl Phb {
             }
         }
         Ok(Phb {
-            config: RtasConfig { buid, read_token: tokens.0, write_token: tokens.1 },
+            config: RtasConfig {
+                buid,
+                read_token: tokens.0,
+                write_token: tokens.1,
+            },
             windows,
             reserved,
             root_bus: host.bus_range.map_or(0, |(first, _)| first as u8),
@@ -222,8 +243,11 @@ impl Phb {
     /// Assigns what firmware left unassigned on the root bus (functions behind bridges would
     /// need bridge windows programmed: they keep what firmware gave them).
     pub fn assign(&mut self, functions: &[PciAddress]) -> Vec<Assigned> {
-        let root: Vec<PciAddress> =
-            functions.iter().copied().filter(|a| a.bus == self.root_bus).collect();
+        let root: Vec<PciAddress> = functions
+            .iter()
+            .copied()
+            .filter(|a| a.bus == self.root_bus)
+            .collect();
         assign::assign_bars(&mut self.config, &root, &self.windows, &self.reserved)
     }
 }

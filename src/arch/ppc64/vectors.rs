@@ -135,7 +135,15 @@ fn program_check_name(srr1: u64) -> &'static str {
 extern "C" fn sg_ppc64_exception(vector: u64, srr0: u64, srr1: u64, dar: u64, dsisr: u64) -> ! {
     let name = match vector {
         0x700 => program_check_name(srr1),
-        v => VECTORS.iter().find(|&&(x, _)| x == v).map_or("unknown", |&(_, n)| n),
+        v => VECTORS
+            .iter()
+            .find(|&&(x, _)| x == v)
+            .map_or("unknown", |&(_, n)| n),
     };
-    crate::fatal_exception(vector, name, srr0, &[("msr", srr1), ("dar", dar), ("dsisr", dsisr)])
+    crate::fatal_exception(
+        vector,
+        name,
+        srr0,
+        &[("msr", srr1), ("dar", dar), ("dsisr", dsisr)],
+    )
 }

@@ -61,23 +61,32 @@ pub fn virtio_devices_with(
         // it is reached at its guest physical address; nothing else references it.
         let window = unsafe { MmioWindow::new(base, len) };
         match VirtioMmio::probe(window) {
-            Ok(Some(t)) => {
-                found.push(FoundDevice { location: node.path.clone(), transport: Box::new(t) })
-            }
+            Ok(Some(t)) => found.push(FoundDevice {
+                location: node.path.clone(),
+                transport: Box::new(t),
+            }),
             Ok(None) => {}
             Err(e) => skipped.push((node.path.clone(), format!("{e}"))),
         }
     }
 
-    let tokens =
-        tree.rtas.as_ref().and_then(|r| Some((r.ibm_read_pci_config?, r.ibm_write_pci_config?)));
+    let tokens = tree
+        .rtas
+        .as_ref()
+        .and_then(|r| Some((r.ibm_read_pci_config?, r.ibm_write_pci_config?)));
     let blob = fdt_blob();
     for (index, host) in tree.pci_hosts.iter().enumerate() {
         let prefix = format!("{}/", host.path);
-        let functions: Vec<&PciFunction> =
-            tree.pci_functions.iter().filter(|f| f.path.starts_with(&prefix)).collect();
-        let virtio: Vec<&PciFunction> =
-            functions.iter().copied().filter(|f| f.is_virtio()).collect();
+        let functions: Vec<&PciFunction> = tree
+            .pci_functions
+            .iter()
+            .filter(|f| f.path.starts_with(&prefix))
+            .collect();
+        let virtio: Vec<&PciFunction> = functions
+            .iter()
+            .copied()
+            .filter(|f| f.is_virtio())
+            .collect();
         if virtio.is_empty() {
             continue;
         }
@@ -86,9 +95,9 @@ pub fn virtio_devices_with(
             (at, location(index, &host.path, at))
         };
         let phb = match (tokens, blob) {
-            (None, _) => {
-                Err(String::from("no RTAS ibm,read-pci-config/ibm,write-pci-config tokens"))
-            }
+            (None, _) => Err(String::from(
+                "no RTAS ibm,read-pci-config/ibm,write-pci-config tokens",
+            )),
             (_, None) => Err(String::from("the flattened device tree is not available")),
             (Some(tokens), Some(blob)) => Phb::from_tree(blob, host, &functions, tokens),
         };
@@ -105,9 +114,17 @@ pub fn virtio_devices_with(
         let assigned = phb.assign(&all);
         for f in virtio {
             let (at, loc) = place(f);
-            let result = pci::probe(&mut phb.config, &mut PhbBars::new(&phb.windows), at, options);
+            let result = pci::probe(
+                &mut phb.config,
+                &mut PhbBars::new(&phb.windows),
+                at,
+                options,
+            );
             match result {
-                Ok(t) => found.push(FoundDevice { location: loc, transport: t.into_transport() }),
+                Ok(t) => found.push(FoundDevice {
+                    location: loc,
+                    transport: t.into_transport(),
+                }),
                 Err(e) => {
                     let mut why = format!("{e}");
                     if let Some(a) = assigned.iter().find(|a| a.at == at) {

@@ -17,13 +17,38 @@ unsafe impl Sync for Idt {}
 static IDT: Idt = Idt(UnsafeCell::new([[0; 2]; 32]));
 
 const NAMES: [&str; 32] = [
-    "divide-error", "debug", "nmi", "breakpoint", "overflow", "bound-range", "invalid-opcode",
-    "device-not-available", "double-fault", "coprocessor-segment-overrun", "invalid-tss",
-    "segment-not-present", "stack-segment-fault", "general-protection", "page-fault", "reserved-15",
-    "x87-floating-point", "alignment-check", "machine-check", "simd-floating-point",
-    "virtualization", "control-protection", "reserved-22", "reserved-23", "reserved-24",
-    "reserved-25", "reserved-26", "reserved-27", "hypervisor-injection", "vmm-communication",
-    "security", "reserved-31",
+    "divide-error",
+    "debug",
+    "nmi",
+    "breakpoint",
+    "overflow",
+    "bound-range",
+    "invalid-opcode",
+    "device-not-available",
+    "double-fault",
+    "coprocessor-segment-overrun",
+    "invalid-tss",
+    "segment-not-present",
+    "stack-segment-fault",
+    "general-protection",
+    "page-fault",
+    "reserved-15",
+    "x87-floating-point",
+    "alignment-check",
+    "machine-check",
+    "simd-floating-point",
+    "virtualization",
+    "control-protection",
+    "reserved-22",
+    "reserved-23",
+    "reserved-24",
+    "reserved-25",
+    "reserved-26",
+    "reserved-27",
+    "hypervisor-injection",
+    "vmm-communication",
+    "security",
+    "reserved-31",
 ];
 
 pub fn init() {
@@ -42,7 +67,13 @@ pub fn init() {
     }
     let ptr: [u16; 5] = {
         let base = idt as u64;
-        [(32 * 16 - 1) as u16, base as u16, (base >> 16) as u16, (base >> 32) as u16, (base >> 48) as u16]
+        [
+            (32 * 16 - 1) as u16,
+            base as u16,
+            (base >> 16) as u16,
+            (base >> 32) as u16,
+            (base >> 48) as u16,
+        ]
     };
     // SAFETY: the IDT is static and fully initialised; `ptr` is the 10-byte descriptor.
     unsafe { asm!("lidt [{}]", in(reg) &ptr, options(readonly, nostack, preserves_flags)) };
@@ -62,7 +93,12 @@ extern "C" fn x86_64_exception(frame: *const u64) -> ! {
         vector,
         name,
         f[2],
-        &[("error_code", f[1]), ("cr2", cr2), ("rsp", f[5]), ("rflags", f[4])],
+        &[
+            ("error_code", f[1]),
+            ("cr2", cr2),
+            ("rsp", f[5]),
+            ("rflags", f[4]),
+        ],
     )
 }
 

@@ -66,10 +66,16 @@ pub fn power_off(verdict: Verdict) -> ! {
     if let Some(Some(p)) = POWER_OFF.get() {
         match *p {
             PowerOff::Pm1a { port, .. } => io::outw(port, p.value()),
-            PowerOff::SleepControl { space: AddressSpace::Io, address, .. } => {
-                io::outb(address as u16, p.value() as u8)
-            }
-            PowerOff::SleepControl { space: AddressSpace::Memory, address, .. } => {
+            PowerOff::SleepControl {
+                space: AddressSpace::Io,
+                address,
+                ..
+            } => io::outb(address as u16, p.value() as u8),
+            PowerOff::SleepControl {
+                space: AddressSpace::Memory,
+                address,
+                ..
+            } => {
                 if address < MAPPED_LIMIT {
                     // SAFETY: the FADT names this MMIO register and it is identity-mapped.
                     unsafe { core::ptr::write_volatile(address as *mut u8, p.value() as u8) }
@@ -97,7 +103,14 @@ pub fn report_early_errors() {}
 pub fn arch_devices(tree: &mut DeviceTree) {
     let machine = MACHINE.get().copied().unwrap_or("unknown");
     if machine == "q35" || machine == "pc" {
-        pci::enumerate(tree, if machine == "q35" { "q35 (ich9)" } else { "i440fx" });
+        pci::enumerate(
+            tree,
+            if machine == "q35" {
+                "q35 (ich9)"
+            } else {
+                "i440fx"
+            },
+        );
     }
     if tree.cpus == 0
         && let Some(f) = fwcfg::FwCfg::probe()
@@ -214,8 +227,12 @@ fn tsc_hz() -> (Option<u64>, &'static str) {
 /// Physical reads for the ACPI parser: only inside the ranges the firmware described (the e820
 /// map and the BIOS area), never at an address a hostile table invents.
 fn acpi_read(map: &[(u64, u64)], phys: u64, buf: &mut [u8]) -> bool {
-    let Some(end) = phys.checked_add(buf.len() as u64) else { return false };
-    let inside = map.iter().any(|&(b, s)| phys >= b && end <= b.saturating_add(s))
+    let Some(end) = phys.checked_add(buf.len() as u64) else {
+        return false;
+    };
+    let inside = map
+        .iter()
+        .any(|&(b, s)| phys >= b && end <= b.saturating_add(s))
         || (phys >= 0xe0000 && end <= 0x10_0000);
     if !inside || end > MAPPED_LIMIT {
         return false;
@@ -249,13 +266,18 @@ fn read_fdt(f: &fwcfg::FwCfg) -> Option<&'static [u8]> {
     // blocks, and make our copy's totalsize say so.
     let mut header = [0u8; 40];
     f.read(sel, &mut header);
-    let be = |o: usize| u32::from_be_bytes([header[o], header[o + 1], header[o + 2], header[o + 3]]);
-    let used = (be(8) as u64 + be(36) as u64).max(be(12) as u64 + be(32) as u64).max(40);
+    let be =
+        |o: usize| u32::from_be_bytes([header[o], header[o + 1], header[o + 2], header[o + 3]]);
+    let used = (be(8) as u64 + be(36) as u64)
+        .max(be(12) as u64 + be(32) as u64)
+        .max(40);
     if used > file_size as u64 || used as usize > buf.len() {
         let mut m = crate::console::FixedBuf::<128>::new();
         let _ = core::fmt::write(
             &mut m,
-            format_args!("etc/fdt: blocks end at {used}, the file has {file_size} bytes, the buffer 64 KiB"),
+            format_args!(
+                "etc/fdt: blocks end at {used}, the file has {file_size} bytes, the buffer 64 KiB"
+            ),
         );
         crate::early_fatal("devtree", m.as_str());
     }
@@ -272,19 +294,29 @@ extern "C" fn x86_64_rust_entry(start_info: u64, entry_tsc: u64) -> ! {
     exceptions::init();
 
     // SAFETY: linker-defined symbols; only their addresses are used.
-    let (image_start, image_end) =
-        unsafe { (&__image_start as *const u8 as u64, &__image_end as *const u8 as u64) };
+    let (image_start, image_end) = unsafe {
+        (
+            &__image_start as *const u8 as u64,
+            &__image_end as *const u8 as u64,
+        )
+    };
 
     if start_info == 0 || read_u32(start_info) != PVH_MAGIC {
-        crate::early_fatal("pvh", "no PVH start info (bad magic): not booted through PVH");
+        crate::early_fatal(
+            "pvh",
+            "no PVH start info (bad magic): not booted through PVH",
+        );
     }
     let version = read_u32(start_info + 4);
     let nr_modules = read_u32(start_info + 12);
     let modlist = read_u64(start_info + 16);
     let cmdline_paddr = read_u64(start_info + 24);
     let rsdp_paddr = read_u64(start_info + 32);
-    let (memmap_paddr, memmap_entries) =
-        if version >= 1 { (read_u64(start_info + 40), read_u32(start_info + 48)) } else { (0, 0) };
+    let (memmap_paddr, memmap_entries) = if version >= 1 {
+        (read_u64(start_info + 40), read_u32(start_info + 48))
+    } else {
+        (0, 0)
+    };
 
     // Memory map: e820 RAM, minus what is not ours.
     let mut memory = MemoryMap::new();
@@ -307,8 +339,18 @@ extern "C" fn x86_64_rust_entry(start_info: u64, entry_tsc: u64) -> ! {
         crate::early_fatal("pvh", "the PVH start info has no memory map");
     }
     memory.add(0, 0x10_0000, RegionKind::Reserved, "bios");
-    memory.add(image_start, image_end - image_start, RegionKind::Reserved, "image");
-    memory.add(start_info & !0xfff, 0x1000, RegionKind::Reserved, "pvh-start-info");
+    memory.add(
+        image_start,
+        image_end - image_start,
+        RegionKind::Reserved,
+        "image",
+    );
+    memory.add(
+        start_info & !0xfff,
+        0x1000,
+        RegionKind::Reserved,
+        "pvh-start-info",
+    );
     for i in 0..nr_modules.min(16) as u64 {
         let m = modlist + i * 32;
         memory.add(read_u64(m), read_u64(m + 8), RegionKind::Reserved, "module");
@@ -319,7 +361,12 @@ extern "C" fn x86_64_rust_entry(start_info: u64, entry_tsc: u64) -> ! {
         // SAFETY: QEMU wrote the string there; we read at most 4 KiB of identity-mapped memory.
         let raw = unsafe { core::slice::from_raw_parts(cmdline_paddr as *const u8, 4096) };
         let len = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
-        memory.add(cmdline_paddr, len as u64 + 1, RegionKind::Reserved, "cmdline");
+        memory.add(
+            cmdline_paddr,
+            len as u64 + 1,
+            RegionKind::Reserved,
+            "cmdline",
+        );
         &raw[..len]
     } else {
         &[]

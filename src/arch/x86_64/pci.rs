@@ -91,7 +91,11 @@ fn scan_bus(tree: &mut DeviceTree, bus: u8, seen: &mut [bool; 256]) {
         return; // a bridge that loops back: each bus is scanned once
     }
     for dev in 0..32u8 {
-        let functions = if read32(bus, dev, 0, 0x0c) >> 16 & 0x80 != 0 { 8 } else { 1 };
+        let functions = if read32(bus, dev, 0, 0x0c) >> 16 & 0x80 != 0 {
+            8
+        } else {
+            1
+        };
         for func in 0..functions {
             let id = read32(bus, dev, func, 0);
             let vendor_id = id as u16;

@@ -55,8 +55,10 @@ impl PortWindow {
     /// `None` when the range does not fit the port space.
     pub fn new(base: u64, len: u64) -> Option<Self> {
         let end = base.checked_add(len)?;
-        (end <= 0x1_0000 && len <= 0xffff)
-            .then_some(PortWindow { base: base as u16, len: len as u16 })
+        (end <= 0x1_0000 && len <= 0xffff).then_some(PortWindow {
+            base: base as u16,
+            len: len as u16,
+        })
     }
 
     fn port(&self, offset: usize, width: usize) -> Option<u16> {

@@ -123,9 +123,10 @@ pub fn virtio_devices_with(
         let probed = mmio_window(node.base, node.size)
             .and_then(|w| VirtioMmio::probe(w).map_err(|e| format!("{e}")));
         match probed {
-            Ok(Some(t)) => {
-                found.push(FoundDevice { location: node.path.clone(), transport: Box::new(t) })
-            }
+            Ok(Some(t)) => found.push(FoundDevice {
+                location: node.path.clone(),
+                transport: Box::new(t),
+            }),
             Ok(None) => {}
             Err(why) => skipped.push((node.path.clone(), why)),
         }
@@ -133,9 +134,10 @@ pub fn virtio_devices_with(
     for f in tree.pci_functions.iter().filter(|f| f.is_virtio()) {
         let at = PciAddress::new(f.bus, f.device, f.function);
         match pci::probe(&mut PortConfig, &mut X86Bars, at, options) {
-            Ok(t) => {
-                found.push(FoundDevice { location: format!("{at}"), transport: t.into_transport() })
-            }
+            Ok(t) => found.push(FoundDevice {
+                location: format!("{at}"),
+                transport: t.into_transport(),
+            }),
             Err(e) => skipped.push((format!("{at}"), format!("{e}"))),
         }
     }

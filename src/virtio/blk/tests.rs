@@ -603,7 +603,13 @@ fn device_that_never_completes_nor_resets_keeps_its_buffers() {
     let dma = Direct::new();
     let mut t = b.transport();
     let clock = b.clock();
-    let r = run(&mut t, &DmaPaths::direct(&dma), &clock, &settings(), &BlkParams::default());
+    let r = run(
+        &mut t,
+        &DmaPaths::direct(&dma),
+        &clock,
+        &settings(),
+        &BlkParams::default(),
+    );
     expect_error(
         &r,
         &["timeout after 10 ms", "reset failed", "left to the device"],
@@ -759,7 +765,10 @@ fn nothing_to_read_issues_no_read() {
 #[test]
 fn packed_completions_without_the_write_flag_as_qemu_makes_them() {
     let content = disk(256 << 10);
-    let b = bus(BlkModel::new(content.clone()), ALL_BLK | common::RING_PACKED);
+    let b = bus(
+        BlkModel::new(content.clone()),
+        ALL_BLK | common::RING_PACKED,
+    );
     b.core(|c| c.packed_used_write_flag = false);
     let r = run_on(&b, &settings(), &BlkParams::default());
     expect_ok(&r);
