@@ -155,150 +155,102 @@ impl core::fmt::Debug for Bounce<'_> {
 /// from the device.
 const CHUNK: usize = 64;
 
-/// Volatile copy from private memory into a slot: bytes until the slot side is 8-aligned, then
-/// [`CHUNK`] bytes at a time, then doublewords, then the tail. Private reads may be unaligned.
+/// The loop shape the three slot operations share: single bytes until `aligned` (the slot side)
+/// is 8-aligned, then [`CHUNK`] bytes as eight doublewords, then doublewords, then single bytes.
+/// `byte(i)` moves the byte at offset `i`, `word(i)` the 8 bytes at offset `i` (8-aligned on the
+/// slot side). Always inlined, so each caller compiles to its own straight loops.
+///
+/// # Safety
+/// `byte` and `word` must be sound for every offset they are called with: all of them are below
+/// `len` (`word`: `i + 8 <= len`).
+#[inline(always)]
+unsafe fn for_each_block(
+    aligned: *const u8,
+    len: usize,
+    mut byte: impl FnMut(usize),
+    mut word: impl FnMut(usize),
+) {
+    let head = aligned.align_offset(8).min(len);
+    let mut i = 0;
+    while i < head {
+        byte(i);
+        i += 1;
+    }
+    while len - i >= CHUNK {
+        word(i);
+        word(i + 8);
+        word(i + 16);
+        word(i + 24);
+        word(i + 32);
+        word(i + 40);
+        word(i + 48);
+        word(i + 56);
+        i += CHUNK;
+    }
+    while len - i >= 8 {
+        word(i);
+        i += 8;
+    }
+    while i < len {
+        byte(i);
+        i += 1;
+    }
+}
+
+/// Volatile copy from private memory into a slot (slot side aligned and volatile, private reads
+/// possibly unaligned).
 ///
 /// # Safety
 /// `dst` is valid for `len` bytes of writes, `src` for `len` bytes of reads, not overlapping.
 unsafe fn copy_to_shared(dst: *mut u8, src: *const u8, len: usize) {
-    let head = dst.align_offset(8).min(len);
-    let mut i = 0;
-    while i < head {
-        // SAFETY: `i < len`, inside both ranges.
-        unsafe { dst.add(i).write_volatile(src.add(i).read()) };
-        i += 1;
-    }
-    while len - i >= CHUNK {
-        // SAFETY: `i + CHUNK <= len`, inside both ranges; `dst + i` is 8-aligned.
-        unsafe {
-            let s = src.add(i).cast::<u64>();
-            let d = dst.add(i).cast::<u64>();
-            let v = [
-                s.read_unaligned(),
-                s.add(1).read_unaligned(),
-                s.add(2).read_unaligned(),
-                s.add(3).read_unaligned(),
-                s.add(4).read_unaligned(),
-                s.add(5).read_unaligned(),
-                s.add(6).read_unaligned(),
-                s.add(7).read_unaligned(),
-            ];
-            d.write_volatile(v[0]);
-            d.add(1).write_volatile(v[1]);
-            d.add(2).write_volatile(v[2]);
-            d.add(3).write_volatile(v[3]);
-            d.add(4).write_volatile(v[4]);
-            d.add(5).write_volatile(v[5]);
-            d.add(6).write_volatile(v[6]);
-            d.add(7).write_volatile(v[7]);
-        }
-        i += CHUNK;
-    }
-    while len - i >= 8 {
-        // SAFETY: `i + 8 <= len`, inside both ranges; the store is aligned.
-        unsafe {
-            let v = src.add(i).cast::<u64>().read_unaligned();
-            dst.add(i).cast::<u64>().write_volatile(v);
-        }
-        i += 8;
-    }
-    while i < len {
-        // SAFETY: `i < len`, inside both ranges.
-        unsafe { dst.add(i).write_volatile(src.add(i).read()) };
-        i += 1;
+    // SAFETY: every offset `for_each_block` passes lies inside both ranges (caller contract),
+    // and `dst + i` is 8-aligned whenever `word` is called.
+    unsafe {
+        for_each_block(
+            dst,
+            len,
+            |i| dst.add(i).write_volatile(src.add(i).read()),
+            |i| {
+                let v = src.add(i).cast::<u64>().read_unaligned();
+                dst.add(i).cast::<u64>().write_volatile(v)
+            },
+        )
     }
 }
 
-/// Volatile copy from a slot into private memory, as [`copy_to_shared`] the other way (the slot
-/// side aligned and volatile, private writes possibly unaligned).
+/// Volatile copy from a slot into private memory, as [`copy_to_shared`] the other way.
 ///
 /// # Safety
 /// As for [`copy_to_shared`].
 unsafe fn copy_from_shared(dst: *mut u8, src: *const u8, len: usize) {
-    let head = src.align_offset(8).min(len);
-    let mut i = 0;
-    while i < head {
-        // SAFETY: `i < len`, inside both ranges.
-        unsafe { dst.add(i).write(src.add(i).read_volatile()) };
-        i += 1;
-    }
-    while len - i >= CHUNK {
-        // SAFETY: `i + CHUNK <= len`, inside both ranges; `src + i` is 8-aligned.
-        unsafe {
-            let s = src.add(i).cast::<u64>();
-            let d = dst.add(i).cast::<u64>();
-            let v = [
-                s.read_volatile(),
-                s.add(1).read_volatile(),
-                s.add(2).read_volatile(),
-                s.add(3).read_volatile(),
-                s.add(4).read_volatile(),
-                s.add(5).read_volatile(),
-                s.add(6).read_volatile(),
-                s.add(7).read_volatile(),
-            ];
-            d.write_unaligned(v[0]);
-            d.add(1).write_unaligned(v[1]);
-            d.add(2).write_unaligned(v[2]);
-            d.add(3).write_unaligned(v[3]);
-            d.add(4).write_unaligned(v[4]);
-            d.add(5).write_unaligned(v[5]);
-            d.add(6).write_unaligned(v[6]);
-            d.add(7).write_unaligned(v[7]);
-        }
-        i += CHUNK;
-    }
-    while len - i >= 8 {
-        // SAFETY: `i + 8 <= len`, inside both ranges; the load is aligned.
-        unsafe {
-            let v = src.add(i).cast::<u64>().read_volatile();
-            dst.add(i).cast::<u64>().write_unaligned(v);
-        }
-        i += 8;
-    }
-    while i < len {
-        // SAFETY: `i < len`, inside both ranges.
-        unsafe { dst.add(i).write(src.add(i).read_volatile()) };
-        i += 1;
+    // SAFETY: as in `copy_to_shared`, with `src + i` the aligned side.
+    unsafe {
+        for_each_block(
+            src,
+            len,
+            |i| dst.add(i).write(src.add(i).read_volatile()),
+            |i| {
+                let v = src.add(i).cast::<u64>().read_volatile();
+                dst.add(i).cast::<u64>().write_unaligned(v)
+            },
+        )
     }
 }
 
-/// Volatile zeroing (never elided), [`CHUNK`] bytes at a time once aligned.
+/// Volatile zeroing, which the compiler cannot elide.
 ///
 /// # Safety
 /// `dst` is valid for `len` bytes of writes.
 unsafe fn zero_shared(dst: *mut u8, len: usize) {
-    let head = dst.align_offset(8).min(len);
-    let mut i = 0;
-    while i < head {
-        // SAFETY: `i < len`, inside the range.
-        unsafe { dst.add(i).write_volatile(0) };
-        i += 1;
-    }
-    while len - i >= CHUNK {
-        // SAFETY: `i + CHUNK <= len`, inside the range; `dst + i` is 8-aligned.
-        unsafe {
-            let d = dst.add(i).cast::<u64>();
-            d.write_volatile(0);
-            d.add(1).write_volatile(0);
-            d.add(2).write_volatile(0);
-            d.add(3).write_volatile(0);
-            d.add(4).write_volatile(0);
-            d.add(5).write_volatile(0);
-            d.add(6).write_volatile(0);
-            d.add(7).write_volatile(0);
-        }
-        i += CHUNK;
-    }
-    while len - i >= 8 {
-        // SAFETY: `i + 8 <= len`, inside the range; the store is aligned.
-        unsafe { dst.add(i).cast::<u64>().write_volatile(0) };
-        i += 8;
-    }
-    while i < len {
-        // SAFETY: `i < len`, inside the range.
-        unsafe { dst.add(i).write_volatile(0) };
-        i += 1;
+    // SAFETY: every offset lies inside the range (caller contract); `dst + i` is 8-aligned
+    // whenever `word` is called.
+    unsafe {
+        for_each_block(
+            dst,
+            len,
+            |i| dst.add(i).write_volatile(0),
+            |i| dst.add(i).cast::<u64>().write_volatile(0),
+        )
     }
 }
 
