@@ -1,6 +1,8 @@
 # secure-guest: `make run` and `make test` are all a new user needs. Both first run the setup
 # script, which installs what is missing (QEMU 10, dtc, the pinned Rust toolchain and targets).
 
+SHELL := /bin/bash
+
 ARCH     ?= ppc64le
 ifeq ($(ARCH),ppc64le)
 MACHINE  ?= pseries
@@ -71,7 +73,8 @@ integration: images
 # Everything: lints, host unit tests (parsers against hostile input), then the integration
 # tests that boot every machine in real QEMU.
 test: images lint
-	cargo test --workspace
+	@set -o pipefail; cargo test --workspace 2>&1 | tee target/test-output.log
+	@awk '/^test result:/ { p += $$4; f += $$6 } END { printf "%d passed, %d failed\n", p, f }' target/test-output.log
 
 lint:
 	cargo fmt --all --check
