@@ -15,7 +15,7 @@ use alloc::vec::Vec;
 use super::barrier;
 use super::queue::{
     AddError, Completion, InFlight, MAX_QUEUE_SIZE, PlannedRequest, QueueConfig, QueueError,
-    RingError, Segment, Token, plan_request,
+    RingError, Segment, Token, free_queue_memory, plan_request,
 };
 use super::split::need_event;
 use super::transport::QueueAddresses;
@@ -405,23 +405,9 @@ impl<'d> PackedQueue<'d> {
     /// # Safety
     /// The device no longer uses the queue (it was reset).
     pub unsafe fn free(mut self) -> Result<(), DmaError> {
-        let mut result = Ok(());
-        let mut keep_first = |r: Result<(), DmaError>| {
-            if result.is_ok() {
-                result = r;
-            }
-        };
-        for flight in self.in_flight.iter_mut().filter_map(Option::take) {
-            if let Some(t) = flight.indirect {
-                // SAFETY: the device no longer uses anything of this queue (caller contract).
-                keep_first(unsafe { self.dma.free_shared(t) });
-            }
-        }
-        for r in [self.ring, self.driver_event, self.device_event] {
-            // SAFETY: as above.
-            keep_first(unsafe { self.dma.free_shared(r) });
-        }
-        result
+        let areas = [self.ring, self.driver_event, self.device_event];
+        // SAFETY: the device no longer uses the queue (caller contract).
+        unsafe { free_queue_memory(self.dma, &mut self.in_flight, areas) }
     }
 }
 

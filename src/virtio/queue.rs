@@ -314,7 +314,31 @@ pub(crate) struct InFlight {
     pub indirect: Option<SharedRegion>,
 }
 
-/// Allocates and fills an indirect table; `write` stores descriptor `i` at byte offset `16 * i`.
+/// Gives back the indirect tables of the requests still in flight, then the ring's own areas.
+/// Every region is tried; the first error is returned.
+///
+/// # Safety
+/// The device no longer uses any of them (it was reset).
+pub(crate) unsafe fn free_queue_memory(
+    dma: &dyn Dma,
+    in_flight: &mut [Option<InFlight>],
+    areas: impl IntoIterator<Item = SharedRegion>,
+) -> Result<(), DmaError> {
+    let mut result = Ok(());
+    let tables = in_flight
+        .iter_mut()
+        .filter_map(Option::take)
+        .filter_map(|f| f.indirect);
+    for region in tables.chain(areas) {
+        // SAFETY: the device no longer uses anything of this queue (caller contract).
+        let r = unsafe { dma.free_shared(region) };
+        if result.is_ok() {
+            result = r;
+        }
+    }
+    result
+}
+
 /// What a new request needs, decided the same way for both ring formats: the chain's
 /// device-writable capacity, the indirect table it goes through (when indirect descriptors were
 /// negotiated, the chain is longer than one, and a table could be allocated), and how many ring
@@ -371,6 +395,7 @@ pub(crate) fn plan_request(
     })
 }
 
+/// Allocates and fills an indirect table; `write` stores descriptor `i` at byte offset `16 * i`.
 pub(crate) fn build_indirect_table(
     dma: &dyn Dma,
     constraints: &DmaConstraints,

@@ -15,7 +15,7 @@ use alloc::vec::Vec;
 use super::barrier;
 use super::queue::{
     AddError, Completion, InFlight, MAX_QUEUE_SIZE, PlannedRequest, QueueConfig, QueueError,
-    RingError, Segment, Token, plan_request,
+    RingError, Segment, Token, free_queue_memory, plan_request,
 };
 use super::transport::{LegacyLayout, QueueAddresses};
 use crate::dma::{DeviceAddr, Dma, DmaConstraints, DmaError, SharedRegion};
@@ -466,29 +466,12 @@ impl<'d> SplitQueue<'d> {
     /// # Safety
     /// The device no longer uses the queue (it was reset).
     pub unsafe fn free(mut self) -> Result<(), DmaError> {
-        let mut result = Ok(());
-        let mut keep_first = |r: Result<(), DmaError>| {
-            if result.is_ok() {
-                result = r;
-            }
+        let areas = match self.areas {
+            Areas::Modern { desc, avail, used } => alloc::vec![desc, avail, used],
+            Areas::Legacy { block, .. } => alloc::vec![block],
         };
-        for flight in self.in_flight.iter_mut().filter_map(Option::take) {
-            if let Some(t) = flight.indirect {
-                // SAFETY: the device no longer uses anything of this queue (caller contract).
-                keep_first(unsafe { self.dma.free_shared(t) });
-            }
-        }
-        match self.areas {
-            Areas::Modern { desc, avail, used } => {
-                for r in [desc, avail, used] {
-                    // SAFETY: as above.
-                    keep_first(unsafe { self.dma.free_shared(r) });
-                }
-            }
-            // SAFETY: as above.
-            Areas::Legacy { block, .. } => keep_first(unsafe { self.dma.free_shared(block) }),
-        }
-        result
+        // SAFETY: the device no longer uses the queue (caller contract).
+        unsafe { free_queue_memory(self.dma, &mut self.in_flight, areas) }
     }
 }
 
