@@ -463,19 +463,7 @@ impl Dma for Bounce<'_> {
                 )
             })
         })();
-        match &r {
-            Ok(_) => {
-                self.counters.shared_allocs.fetch_add(1, Ordering::Relaxed);
-                self.counters
-                    .shared_bytes
-                    .fetch_add(size as u64, Ordering::Relaxed);
-            }
-            Err(_) => {
-                self.counters
-                    .shared_failures
-                    .fetch_add(1, Ordering::Relaxed);
-            }
-        }
+        self.counters.count_alloc_shared(size, &r);
         r
     }
 
@@ -486,10 +474,7 @@ impl Dma for Bounce<'_> {
             return Err(DmaError::UnknownHandle);
         }
         self.release_slots(addr, region.len())?;
-        self.counters.shared_frees.fetch_add(1, Ordering::Relaxed);
-        self.counters
-            .shared_bytes
-            .fetch_sub(region.len() as u64, Ordering::Relaxed);
+        self.counters.count_free_shared(region.len());
         Ok(())
     }
 
@@ -501,10 +486,7 @@ impl Dma for Bounce<'_> {
     ) -> Result<Mapping, DmaError> {
         match self.try_map(buffer, direction, constraints) {
             Ok(m) => {
-                self.counters.maps.fetch_add(1, Ordering::Relaxed);
-                self.counters
-                    .mapped_bytes
-                    .fetch_add(m.len() as u64, Ordering::Relaxed);
+                self.counters.count_map(m.len());
                 Ok(m)
             }
             Err(e) => {

@@ -82,21 +82,9 @@ impl Dma for Direct {
         align: usize,
         constraints: &DmaConstraints,
     ) -> Result<SharedRegion, DmaError> {
-        match Self::try_alloc_shared(size, align, constraints) {
-            Ok(region) => {
-                self.counters.shared_allocs.fetch_add(1, Ordering::Relaxed);
-                self.counters
-                    .shared_bytes
-                    .fetch_add(size as u64, Ordering::Relaxed);
-                Ok(region)
-            }
-            Err(e) => {
-                self.counters
-                    .shared_failures
-                    .fetch_add(1, Ordering::Relaxed);
-                Err(e)
-            }
-        }
+        let r = Self::try_alloc_shared(size, align, constraints);
+        self.counters.count_alloc_shared(size, &r);
+        r
     }
 
     unsafe fn free_shared(&self, region: SharedRegion) -> Result<(), DmaError> {
@@ -105,10 +93,7 @@ impl Dma for Direct {
         // SAFETY: the region came from `alloc_shared` with exactly this layout (caller contract)
         // and the device no longer uses it.
         unsafe { alloc::alloc::dealloc(region.cpu_ptr().as_ptr(), layout) };
-        self.counters.shared_frees.fetch_add(1, Ordering::Relaxed);
-        self.counters
-            .shared_bytes
-            .fetch_sub(region.len() as u64, Ordering::Relaxed);
+        self.counters.count_free_shared(region.len());
         Ok(())
     }
 
@@ -125,10 +110,7 @@ impl Dma for Direct {
             self.counters.map_failures.fetch_add(1, Ordering::Relaxed);
             return Err(e);
         }
-        self.counters.maps.fetch_add(1, Ordering::Relaxed);
-        self.counters
-            .mapped_bytes
-            .fetch_add(len as u64, Ordering::Relaxed);
+        self.counters.count_map(len);
         // SAFETY: the buffer and its contract are the caller's; the device reaches it at its
         // physical address.
         Ok(unsafe { Mapping::new(device_addr, cpu, len, direction, 0) })

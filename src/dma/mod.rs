@@ -353,6 +353,30 @@ macro_rules! dma_counters {
     };
 }
 
+impl DmaCounters {
+    /// The outcome of an `alloc_shared` of `size` bytes.
+    pub fn count_alloc_shared<T>(&self, size: usize, r: &Result<T, DmaError>) {
+        if r.is_ok() {
+            self.shared_allocs.fetch_add(1, Ordering::Relaxed);
+            self.shared_bytes.fetch_add(size as u64, Ordering::Relaxed);
+        } else {
+            self.shared_failures.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// A shared region of `len` bytes given back.
+    pub fn count_free_shared(&self, len: usize) {
+        self.shared_frees.fetch_add(1, Ordering::Relaxed);
+        self.shared_bytes.fetch_sub(len as u64, Ordering::Relaxed);
+    }
+
+    /// A successful `map` of `len` bytes.
+    pub fn count_map(&self, len: usize) {
+        self.maps.fetch_add(1, Ordering::Relaxed);
+        self.mapped_bytes.fetch_add(len as u64, Ordering::Relaxed);
+    }
+}
+
 dma_counters!(
     maps,
     unmaps,
