@@ -139,6 +139,9 @@ pub trait IommuBackend: Send {
 
     /// Calls issued so far, by kind; their sum is every call.
     fn calls(&self) -> [CallCount; MAX_CALL_KINDS];
+
+    /// A window domain's static mappings are made: whatever only setup needed can go.
+    fn end_setup(&mut self) {}
 }
 
 /// What the report says about a domain: which IOMMU, which window, which page size, and how it
@@ -227,12 +230,18 @@ pub struct IovaRun {
 
 impl IovaSpace {
     /// The first [`IOVA_PAGES_MAX`] pages (at most) of the aperture `[base, base + size)`, in
-    /// pages of `1 << page_shift` bytes. `base` must be page-aligned.
-    pub fn new(base: u64, size: u64, page_shift: u32) -> Result<Self, DmaError> {
+    /// pages of `1 << page_shift` bytes. `base` must be page-aligned. IOVA 0 is never handed
+    /// out: virtio (and many drivers) take address 0 for "no ring", so an aperture that starts
+    /// at 0 loses its first page, as Linux's IOMMU tables do.
+    pub fn new(mut base: u64, mut size: u64, page_shift: u32) -> Result<Self, DmaError> {
         if !(6..=40).contains(&page_shift) {
             return Err(DmaError::InvalidRequest("IOMMU page size out of range"));
         }
         let page = 1u64 << page_shift;
+        if base == 0 {
+            base = page;
+            size = size.saturating_sub(page);
+        }
         let pages = (size / page).min(IOVA_PAGES_MAX);
         if pages == 0 {
             return Err(DmaError::InvalidRequest(
@@ -480,6 +489,11 @@ impl<'a> IommuDma<'a> {
         Ok(())
     }
 
+    /// The static mappings are made ([`IommuBackend::end_setup`]).
+    pub fn end_setup(&self) {
+        self.state.lock().backend.end_setup();
+    }
+
     /// Restarts the peak of [`IommuStats::pages_peak`] at the pages mapped now.
     pub fn begin_epoch(&self) {
         let mut s = self.state.lock();
@@ -637,7 +651,8 @@ impl<'a> IommuDma<'a> {
         // SAFETY: the layout has a non-zero size.
         let cpu =
             NonNull::new(unsafe { alloc_zeroed(layout) }).ok_or(DmaError::OutOfMemory { size })?;
-        match self.map_dynamic(cpu.as_ptr(), size, Perm::RW, c) {
+        let c = c.with_align(layout.align() as u64);
+        match self.map_dynamic(cpu.as_ptr(), size, Perm::RW, &c) {
             // SAFETY: fresh heap memory owned by the region until `free_shared`, mapped for the
             // device at `addr`.
             Ok((addr, handle)) => {

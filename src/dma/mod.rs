@@ -45,6 +45,7 @@ pub mod bounce;
 mod direct;
 pub mod iommu;
 pub mod pool;
+pub mod tce;
 
 pub use direct::Direct;
 
