@@ -172,7 +172,11 @@ pub struct DomainInfo {
 /// The IOMMU counts of a domain, or of one device's share of them ([`IommuStats::since`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct IommuStats {
-    /// Mapping runs made and removed (static setup mappings included).
+    /// Streaming mappings of the DMA interface (`Dma::map`, `Dma::unmap`) through the domain;
+    /// on a window domain they cost the IOMMU nothing.
+    pub dma_maps: u64,
+    pub dma_unmaps: u64,
+    /// Mapping runs made and removed in the IOMMU (static setup mappings included).
     pub maps: u64,
     pub unmaps: u64,
     /// Hypercalls / IOMMU commands: the sum of `kinds`.
@@ -195,7 +199,10 @@ impl IommuStats {
             k.calls -= s.calls.min(k.calls);
             k.entries -= s.entries.min(k.entries);
         }
+        let d = |now: u64, then: u64| now - then.min(now);
         IommuStats {
+            dma_maps: d(self.dma_maps, start.dma_maps),
+            dma_unmaps: d(self.dma_unmaps, start.dma_unmaps),
             maps: self.maps - start.maps.min(self.maps),
             unmaps: self.unmaps - start.unmaps.min(self.unmaps),
             calls: self.calls - start.calls.min(self.calls),
@@ -504,6 +511,8 @@ impl<'a> IommuDma<'a> {
         let s = self.state.lock();
         let kinds = s.backend.calls();
         IommuStats {
+            dma_maps: self.counters.maps.load(Ordering::Relaxed),
+            dma_unmaps: self.counters.unmaps.load(Ordering::Relaxed),
             maps: self.counters.iommu_maps.load(Ordering::Relaxed),
             unmaps: self.counters.iommu_unmaps.load(Ordering::Relaxed),
             calls: calls_total(&kinds),
@@ -851,6 +860,39 @@ impl<'a> LazyDomain<'a> {
     /// What setting it up gave, if anyone asked for it.
     pub fn state(&self) -> Option<Result<&IommuDma<'a>, DmaError>> {
         self.ready.get().map(|r| r.as_ref().map_err(|e| *e))
+    }
+}
+
+/// The IOMMU domains of a run, by index (`FoundDevice::iommu`). A trait object, so that the
+/// DMA paths that hold it stay covariant in their lifetime.
+pub trait IommuDomains: Sync {
+    /// Whether domain `index` exists (the device sits behind an IOMMU).
+    fn has(&self, index: usize) -> bool;
+
+    /// Domain `index`, set up now if nobody asked for it before.
+    fn domain(&self, index: usize) -> Option<Result<&IommuDma<'_>, DmaError>>;
+}
+
+impl IommuDomains for alloc::vec::Vec<LazyDomain<'_>> {
+    fn has(&self, index: usize) -> bool {
+        index < self.len()
+    }
+
+    fn domain(&self, index: usize) -> Option<Result<&IommuDma<'_>, DmaError>> {
+        self.get(index).map(|d| d.get().map(|d| d as &IommuDma<'_>))
+    }
+}
+
+/// A run without IOMMU domains.
+pub struct NoDomains;
+
+impl IommuDomains for NoDomains {
+    fn has(&self, _index: usize) -> bool {
+        false
+    }
+
+    fn domain(&self, _index: usize) -> Option<Result<&IommuDma<'_>, DmaError>> {
+        None
     }
 }
 
