@@ -174,10 +174,8 @@ pub fn boot_main(info: BootInfo) -> ! {
     if let Some(t) = tree.as_ref() {
         run_virtio_devices(t, &opts, info.tick_hz, paths);
     }
-    for d in &domains {
-        if let Some(r) = devices::iommu_record(record("iommu"), d) {
-            r.end();
-        }
+    for d in domains.iter().filter(|d| d.state().is_some()) {
+        devices::iommu_record(record("iommu"), d).end();
     }
 
     // 8. What the pool went through. It stays shared (and, with every device reset and every
