@@ -233,7 +233,7 @@ pub fn report_feature_name(name: &'static str) -> &'static str {
 pub fn virtio_record<W: fmt::Write>(r: Record<W>, d: &DeviceReport) -> Record<W> {
     let ty = DeviceType(d.device_id);
     let names = |word: u64| {
-        move |j: &mut crate::report::Json<'_, W>| {
+        move |j: &mut crate::report::Json<'_>| {
             j.begin_array();
             for n in feature_names(ty, word) {
                 j.str(report_feature_name(n));
