@@ -38,6 +38,8 @@ use alloc::vec::Vec;
 
 use fdt::node::FdtNode;
 
+use crate::dma::tce::{DdwTokens, TceWindow};
+
 use super::{DeviceTree, DtError, HvTerm, PciFunction, PciHostNode, RtasTokens, VirtioMmioNode};
 
 /// Most entries in each device list (virtio-mmio, PCI hosts, PCI functions, hvterm nodes).
@@ -62,7 +64,11 @@ struct Props<'a> {
     timebase: Option<&'a [u8]>,
     servers: Option<&'a [u8]>,
     bus_range: Option<&'a [u8]>,
-    dma_window: bool,
+    dma_window: Option<&'a [u8]>,
+    dma_address_cells: Option<&'a [u8]>,
+    dma_size_cells: Option<&'a [u8]>,
+    ddw_applicable: Option<&'a [u8]>,
+    ddw_extensions: Option<&'a [u8]>,
     vendor_id: Option<&'a [u8]>,
     device_id: Option<&'a [u8]>,
     class_code: Option<&'a [u8]>,
@@ -82,7 +88,7 @@ const RTAS_NAMES: [&str; 5] = [
 
 /// The property names [`Props::gather`] keeps, in the order of its slots; the RTAS token names
 /// follow them.
-const PROP_NAMES: [&str; 18] = [
+const PROP_NAMES: [&str; 22] = [
     "#address-cells",
     "#size-cells",
     "device_type",
@@ -101,6 +107,10 @@ const PROP_NAMES: [&str; 18] = [
     "stdout-path",
     "linux,stdout-path",
     "ibm,dma-window",
+    "ibm,#dma-address-cells",
+    "ibm,#dma-size-cells",
+    "ibm,ddw-applicable",
+    "ibm,ddw-extensions",
 ];
 
 impl<'a> Props<'a> {
@@ -139,6 +149,10 @@ impl<'a> Props<'a> {
             stdout_path,
             linux_stdout_path,
             dma_window,
+            dma_address_cells,
+            dma_size_cells,
+            ddw_applicable,
+            ddw_extensions,
             rtas @ ..,
         ] = v;
         Props {
@@ -153,7 +167,11 @@ impl<'a> Props<'a> {
             timebase,
             servers,
             bus_range,
-            dma_window: dma_window.is_some(),
+            dma_window,
+            dma_address_cells,
+            dma_size_cells,
+            ddw_applicable,
+            ddw_extensions,
             vendor_id,
             device_id,
             class_code,
@@ -610,7 +628,13 @@ impl<'d> Walker<'d, '_> {
                 path: self.path.clone(),
                 compatible: p.compatible.and_then(|c| strings(c).next()).map(to_string),
                 bus_range,
-                has_dma_window: p.dma_window,
+                has_dma_window: p.dma_window.is_some(),
+                tce_window: p
+                    .dma_window
+                    .map(|w| TceWindow::parse(w, p.dma_address_cells, p.dma_size_cells)),
+                ddw: p
+                    .ddw_applicable
+                    .map(|a| DdwTokens::parse(a, p.ddw_extensions)),
             };
             push_capped(
                 &mut f.tree.pci_hosts,
