@@ -177,7 +177,8 @@ pub fn boot_main(info: BootInfo) -> ! {
     if let Some(t) = tree.as_ref() {
         run_virtio_devices(t, &opts, info.tick_hz, paths);
     }
-    for d in &domains {
+    // A record starts on the console as soon as it is made: only for domains that were used.
+    for d in domains.iter().filter(|d| d.state().is_some()) {
         if let Some(r) = devices::iommu_record(record("iommu"), d) {
             r.end();
         }
