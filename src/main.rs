@@ -179,9 +179,7 @@ pub fn boot_main(info: BootInfo) -> ! {
     }
     // A record starts on the console as soon as it is made: only for domains that were used.
     for d in domains.iter().filter(|d| d.state().is_some()) {
-        if let Some(r) = devices::iommu_record(record("iommu"), d) {
-            r.end();
-        }
+        devices::iommu_record(record("iommu"), d).end();
     }
 
     // 8. What the pool went through. It stays shared (and, with every device reset and every
