@@ -151,6 +151,19 @@ fn qemu_phb() -> PciHostNode {
         compatible: Some("IBM,Logical_PHB".into()),
         bus_range: Some((0, 255)),
         has_dma_window: true,
+        tce_window: Some(Ok(TceWindow {
+            liobn: 0x8000_0000,
+            base: 0,
+            size: 1 << 30,
+        })),
+        // QEMU 10: query, create, remove; two extensions: reset, 64-bit query.
+        ddw: Some(Ok(DdwTokens {
+            query: 0x2026,
+            create: 0x2027,
+            remove: 0x2028,
+            reset: Some(0x2029),
+            query_64bit: true,
+        })),
     }
 }
 
@@ -264,6 +277,8 @@ fn microvm_virtio_mmio_and_pcie() {
             compatible: Some("pci-host-ecam-generic".into()),
             bus_range: Some((0, 255)),
             has_dma_window: false,
+            tce_window: None,
+            ddw: None,
         }]
     );
     assert_eq!(t.stdout_path.as_deref(), Some("/serial@3f8"));
@@ -328,6 +343,13 @@ fn crafted_expected() -> DeviceTree {
             compatible: Some("sg,test-phb".into()),
             bus_range: Some((0, 4)),
             has_dma_window: true,
+            // No ibm,#dma-*-cells: 2 and 2.
+            tce_window: Some(Ok(TceWindow {
+                liobn: 0x8000_0000,
+                base: 0,
+                size: 1 << 30,
+            })),
+            ddw: None,
         }],
         pci_functions: vec![
             f(
@@ -1007,6 +1029,8 @@ fn pci_hosts_and_functions() {
         compatible: None,
         bus_range: None,
         has_dma_window: false,
+        tce_window: None,
+        ddw: None,
     };
     assert_eq!(t.pci_hosts, [host("/phb@0"), host("/phb@1")]);
     let f = &t.pci_functions[..];

@@ -139,6 +139,9 @@ pub trait IommuBackend: Send {
 
     /// Calls issued so far, by kind; their sum is every call.
     fn calls(&self) -> [CallCount; MAX_CALL_KINDS];
+
+    /// A window domain's static mappings are made: whatever only setup needed can go.
+    fn end_setup(&mut self) {}
 }
 
 /// What the report says about a domain: which IOMMU, which window, which page size, and how it
@@ -169,7 +172,11 @@ pub struct DomainInfo {
 /// The IOMMU counts of a domain, or of one device's share of them ([`IommuStats::since`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct IommuStats {
-    /// Mapping runs made and removed (static setup mappings included).
+    /// Streaming mappings of the DMA interface (`Dma::map`, `Dma::unmap`) through the domain;
+    /// on a window domain they cost the IOMMU nothing.
+    pub dma_maps: u64,
+    pub dma_unmaps: u64,
+    /// Mapping runs made and removed in the IOMMU (static setup mappings included).
     pub maps: u64,
     pub unmaps: u64,
     /// Hypercalls / IOMMU commands: the sum of `kinds`.
@@ -192,7 +199,10 @@ impl IommuStats {
             k.calls -= s.calls.min(k.calls);
             k.entries -= s.entries.min(k.entries);
         }
+        let d = |now: u64, then: u64| now - then.min(now);
         IommuStats {
+            dma_maps: d(self.dma_maps, start.dma_maps),
+            dma_unmaps: d(self.dma_unmaps, start.dma_unmaps),
             maps: self.maps - start.maps.min(self.maps),
             unmaps: self.unmaps - start.unmaps.min(self.unmaps),
             calls: self.calls - start.calls.min(self.calls),
@@ -227,12 +237,18 @@ pub struct IovaRun {
 
 impl IovaSpace {
     /// The first [`IOVA_PAGES_MAX`] pages (at most) of the aperture `[base, base + size)`, in
-    /// pages of `1 << page_shift` bytes. `base` must be page-aligned.
-    pub fn new(base: u64, size: u64, page_shift: u32) -> Result<Self, DmaError> {
+    /// pages of `1 << page_shift` bytes. `base` must be page-aligned. IOVA 0 is never handed
+    /// out: virtio (and many drivers) take address 0 for "no ring", so an aperture that starts
+    /// at 0 loses its first page, as Linux's IOMMU tables do.
+    pub fn new(mut base: u64, mut size: u64, page_shift: u32) -> Result<Self, DmaError> {
         if !(6..=40).contains(&page_shift) {
             return Err(DmaError::InvalidRequest("IOMMU page size out of range"));
         }
         let page = 1u64 << page_shift;
+        if base == 0 {
+            base = page;
+            size = size.saturating_sub(page);
+        }
         let pages = (size / page).min(IOVA_PAGES_MAX);
         if pages == 0 {
             return Err(DmaError::InvalidRequest(
@@ -480,6 +496,11 @@ impl<'a> IommuDma<'a> {
         Ok(())
     }
 
+    /// The static mappings are made ([`IommuBackend::end_setup`]).
+    pub fn end_setup(&self) {
+        self.state.lock().backend.end_setup();
+    }
+
     /// Restarts the peak of [`IommuStats::pages_peak`] at the pages mapped now.
     pub fn begin_epoch(&self) {
         let mut s = self.state.lock();
@@ -490,6 +511,8 @@ impl<'a> IommuDma<'a> {
         let s = self.state.lock();
         let kinds = s.backend.calls();
         IommuStats {
+            dma_maps: self.counters.maps.load(Ordering::Relaxed),
+            dma_unmaps: self.counters.unmaps.load(Ordering::Relaxed),
             maps: self.counters.iommu_maps.load(Ordering::Relaxed),
             unmaps: self.counters.iommu_unmaps.load(Ordering::Relaxed),
             calls: calls_total(&kinds),
@@ -637,7 +660,8 @@ impl<'a> IommuDma<'a> {
         // SAFETY: the layout has a non-zero size.
         let cpu =
             NonNull::new(unsafe { alloc_zeroed(layout) }).ok_or(DmaError::OutOfMemory { size })?;
-        match self.map_dynamic(cpu.as_ptr(), size, Perm::RW, c) {
+        let c = c.with_align(layout.align() as u64);
+        match self.map_dynamic(cpu.as_ptr(), size, Perm::RW, &c) {
             // SAFETY: fresh heap memory owned by the region until `free_shared`, mapped for the
             // device at `addr`.
             Ok((addr, handle)) => {
@@ -836,6 +860,39 @@ impl<'a> LazyDomain<'a> {
     /// What setting it up gave, if anyone asked for it.
     pub fn state(&self) -> Option<Result<&IommuDma<'a>, DmaError>> {
         self.ready.get().map(|r| r.as_ref().map_err(|e| *e))
+    }
+}
+
+/// The IOMMU domains of a run, by index (`FoundDevice::iommu`). A trait object, so that the
+/// DMA paths that hold it stay covariant in their lifetime.
+pub trait IommuDomains: Sync {
+    /// Whether domain `index` exists (the device sits behind an IOMMU).
+    fn has(&self, index: usize) -> bool;
+
+    /// Domain `index`, set up now if nobody asked for it before.
+    fn domain(&self, index: usize) -> Option<Result<&IommuDma<'_>, DmaError>>;
+}
+
+impl IommuDomains for alloc::vec::Vec<LazyDomain<'_>> {
+    fn has(&self, index: usize) -> bool {
+        index < self.len()
+    }
+
+    fn domain(&self, index: usize) -> Option<Result<&IommuDma<'_>, DmaError>> {
+        self.get(index).map(|d| d.get().map(|d| d as &IommuDma<'_>))
+    }
+}
+
+/// A run without IOMMU domains.
+pub struct NoDomains;
+
+impl IommuDomains for NoDomains {
+    fn has(&self, _index: usize) -> bool {
+        false
+    }
+
+    fn domain(&self, _index: usize) -> Option<Result<&IommuDma<'_>, DmaError>> {
+        None
     }
 }
 

@@ -46,6 +46,7 @@ pub mod bounce;
 mod direct;
 pub mod iommu;
 pub mod pool;
+pub mod tce;
 pub mod vtd;
 
 pub use direct::Direct;

@@ -232,6 +232,10 @@ fn shared_regions_are_whole_zeroed_pages_mapped_read_write() {
             .unwrap();
         assert_eq!(r.len(), size);
         assert_eq!(r.device_addr().as_u64() % align.max(4096) as u64, 0);
+        assert!(
+            r.device_addr().as_u64() >= 4096,
+            "IOVA 0 is never handed out"
+        );
         assert!((0..size).all(|i| r.read_u8(i) == 0));
         let phys = r.cpu_ptr().as_ptr() as u64;
         assert_eq!(phys % 4096, 0, "whole pages");
