@@ -761,7 +761,8 @@ impl<'d, R: Registers, C: Clock> VtdUnit<'d, R, C> {
         Ok(did as u16)
     }
 
-    fn is_attached(&self, sid: u16) -> bool {
+    /// Whether function `sid` has a context entry.
+    pub fn is_attached(&self, sid: u16) -> bool {
         self.attached[usize::from(sid) / 64] & (1 << (sid % 64)) != 0
     }
 
@@ -889,10 +890,41 @@ impl<'d, R: Registers, C: Clock> VtdUnit<'d, R, C> {
         self.dma
     }
 
+    /// Turns translation off (devices reach guest-physical memory again), and queued
+    /// invalidation stays off.
+    pub fn disable(&mut self) -> Result<(), VtdError> {
+        if self.translating() {
+            self.global_command(gcmd::TE, false, "translation disable")?;
+        }
+        Ok(())
+    }
+
+    /// Gives the root and context tables back; returns how many pages.
+    ///
+    /// # Safety
+    /// Translation is off ([`Self::disable`]): the unit walks nothing.
+    pub unsafe fn free_tables(&mut self) -> u64 {
+        let mut n = 0;
+        for t in self
+            .contexts
+            .iter_mut()
+            .filter_map(Option::take)
+            .chain(self.root.take())
+        {
+            // SAFETY: the caller's contract; the regions came from `self.dma`.
+            let _ = unsafe { self.dma.free_shared(t) };
+            n += 1;
+        }
+        n
+    }
+
     pub fn flush_fn(&self) -> CacheFlush {
         self.flush
     }
 }
+
+mod domain;
+pub use domain::{Vtd, VtdDomain, VtdDomainState, VtdSetup};
 
 #[cfg(test)]
 mod tests;

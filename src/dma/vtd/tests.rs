@@ -758,3 +758,256 @@ fn bad_runs_are_refused() {
     t.map((1 << 39) - 0x1000, 0x1000, 1, PTE_R | PTE_W).unwrap();
     assert_eq!(t.table_pages, 3);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Domains as IOMMU backends, through the core's `IommuDma`.
+
+use crate::dma::Direction;
+use crate::dma::bounce::Bounce;
+use crate::dma::iommu::{IommuDma, LazyDomain};
+use crate::dma::tce::Target;
+use crate::platform::Emulated;
+use core::ptr::NonNull;
+
+type Shared = &'static spin::Mutex<Vtd<'static, FakeVtd, TestClock>>;
+
+fn vtd_on(fake: &FakeVtd, dma: &'static dyn Dma) -> Shared {
+    let mut u = VtdUnit::probe(fake.clone(), TestClock::default(), 10_000, dma, no_flush).unwrap();
+    u.enable().unwrap();
+    Box::leak(Box::new(spin::Mutex::new(Vtd::new(u))))
+}
+
+fn setup(vtd: Shared, sid: u16, target: Target<'static>) -> Result<IommuDma<'static>, DmaError> {
+    Box::new(VtdSetup {
+        vtd,
+        sid,
+        target,
+        rmrrs: Vec::new(),
+    })
+    .go_for_test()
+}
+
+impl<R: Registers + Send + 'static, C: Clock + Send + 'static> VtdSetup<R, C> {
+    fn go_for_test(self: Box<Self>) -> Result<IommuDma<'static>, DmaError> {
+        use crate::dma::iommu::DomainSetup;
+        self.setup()
+    }
+}
+
+#[test]
+fn a_dynamic_domain_maps_each_buffer() {
+    let fake = FakeVtd::qemu();
+    let direct = direct();
+    let vtd = vtd_on(&fake, direct);
+    let dma = setup(
+        vtd,
+        0x0010,
+        Target::Direct {
+            ram_top: 1 << 30,
+            direct,
+        },
+    )
+    .unwrap();
+    let info = dma.info();
+    assert_eq!(
+        (info.backend, info.mode, info.mapping, info.id),
+        ("vt-d", "dynamic", "per-map", 1)
+    );
+    assert_eq!((info.window_base, info.window_size), (1 << 30, 256 << 20));
+    assert_eq!(info.page_sizes, 0x4020_1000, "4 KiB, 2 MiB, 1 GiB (SLLPS)");
+    let mut buf = vec![0u8; 10_000];
+    let p = buf.as_mut_ptr() as u64;
+    // SAFETY: unmapped below; the test touches the buffer only through the device.
+    let m = unsafe {
+        dma.map(
+            NonNull::from(&mut buf[..]),
+            Direction::FromDevice,
+            &DmaConstraints::NONE,
+        )
+    }
+    .unwrap();
+    let iova = m.device_addr().as_u64();
+    assert!((1u64 << 30..(1 << 30) + (256 << 20)).contains(&iova));
+    assert_eq!(iova & 0xfff, p & 0xfff, "the offset in the page is kept");
+    for off in [0u64, 4095, 9999] {
+        assert_eq!(fake.translate(0x10, iova + off, true), Ok(p + off));
+    }
+    assert_eq!(
+        fake.translate(0x10, iova, false),
+        Err(6),
+        "FromDevice: write-only"
+    );
+    assert_eq!(fake.translate(0x18, iova, true), Err(2), "another function");
+    // A ring: read-write.
+    let r = dma.alloc_shared(100, 4096, &DmaConstraints::NONE).unwrap();
+    let ra = r.device_addr().as_u64();
+    assert_eq!(
+        fake.translate(0x10, ra, false),
+        Ok(r.cpu_ptr().as_ptr() as u64)
+    );
+    assert!(fake.translate(0x10, ra, true).is_ok());
+    // SAFETY: the "device" is done.
+    unsafe { dma.unmap(m) }.unwrap();
+    assert_eq!(fake.translate(0x10, iova, true), Err(7));
+    // SAFETY: as above.
+    unsafe { dma.free_shared(r) }.unwrap();
+    let s = dma.iommu_stats();
+    assert_eq!((s.maps, s.unmaps, s.pages), (2, 2, 0));
+    let buf_pages = ((p & 0xfff) + 10_000).div_ceil(4096);
+    assert_eq!(
+        s.pages_peak,
+        buf_pages + 1,
+        "the buffer's pages and a ring page"
+    );
+    assert_eq!(dma.stats().iommu_pages_peak, buf_pages + 1);
+    // One page-selective invalidation per unmap, nothing for the maps.
+    assert_eq!(s.kinds[0].name, "IOTLB_PSI");
+    assert_eq!(
+        (s.kinds[0].calls, s.kinds[1].calls, s.kinds[2].calls),
+        (2, 0, 0)
+    );
+    assert_eq!(s.calls, 2);
+    // Teardown: the context entry goes, translation goes off, every table is given back.
+    drop(dma);
+    let mut v = vtd.lock();
+    v.teardown().unwrap();
+    assert!(!v.unit.translating());
+    assert_eq!(
+        v.freed_pages, 5,
+        "root, context, and the domain's three levels"
+    );
+    let ds = direct.stats();
+    assert_eq!(ds.shared_allocs, ds.shared_frees);
+}
+
+#[test]
+fn two_functions_two_domains() {
+    let fake = FakeVtd::qemu();
+    let direct = direct();
+    let vtd = vtd_on(&fake, direct);
+    let t = || Target::Direct {
+        ram_top: 1 << 30,
+        direct,
+    };
+    let a = setup(vtd, 0x0010, t()).unwrap();
+    let b = setup(vtd, 0x0018, t()).unwrap();
+    assert_eq!((a.info().id, b.info().id), (1, 2));
+    let mut buf = [7u8; 64];
+    // SAFETY: unmapped below.
+    let m = unsafe {
+        a.map(
+            NonNull::from(&mut buf[..]),
+            Direction::ToDevice,
+            &DmaConstraints::NONE,
+        )
+    }
+    .unwrap();
+    let iova = m.device_addr().as_u64();
+    assert!(fake.translate(0x10, iova, false).is_ok());
+    assert_eq!(
+        fake.translate(0x18, iova, false),
+        Err(7),
+        "b's domain has no such mapping"
+    );
+    // SAFETY: done.
+    unsafe { a.unmap(m) }.unwrap();
+    // The same function twice is refused, and says why.
+    assert_eq!(
+        setup(vtd, 0x0010, t()).err(),
+        Some(DmaError::Platform { code: -16 })
+    );
+}
+
+#[test]
+fn lazy_domain_sets_up_on_first_use_only() {
+    let fake = FakeVtd::qemu();
+    let direct = direct();
+    let vtd = vtd_on(&fake, direct);
+    let lazy = LazyDomain::new(
+        "00:02.0".into(),
+        Box::new(VtdSetup {
+            vtd,
+            sid: 0x0010,
+            target: Target::Direct {
+                ram_top: 1 << 30,
+                direct,
+            },
+            rmrrs: vec![(0xe_0000, 0xf_ffff)],
+        }),
+    );
+    assert!(lazy.state().is_none());
+    assert!(!vtd.lock().unit.is_attached(0x10));
+    let d = lazy.get().unwrap();
+    assert!(vtd.lock().unit.is_attached(0x10));
+    // The RMRR is identity-mapped.
+    assert_eq!(fake.translate(0x10, 0xe_1234, true), Ok(0xe_1234));
+    assert_eq!(d.iommu_stats().maps, 1);
+    assert!(lazy.get().is_ok());
+    assert_eq!(vtd.lock().domains.len(), 1, "set up once");
+}
+
+#[test]
+fn the_pool_behind_vtd() {
+    let layout = std::alloc::Layout::from_size_align(1 << 20, 1 << 16).unwrap();
+    // SAFETY: non-zero size; leaked (the bounce path keeps it for the test's life).
+    let ram = unsafe { std::alloc::alloc_zeroed(layout) };
+    let phys = ram as u64;
+    let platform: &'static Emulated = Box::leak(Box::new(Emulated::new(1 << 16)));
+    // SAFETY: the memory is ours for the test, identity "mapped".
+    let bounce: &'static Bounce<'static> = Box::leak(Box::new(
+        unsafe { Bounce::new(platform, phys, 1 << 20, Default::default()) }.unwrap(),
+    ));
+    let fake = FakeVtd::qemu();
+    // The unit's tables come from the pool too: the host walks them.
+    let vtd = vtd_on(&fake, bounce);
+    let dma = setup(
+        vtd,
+        0x0010,
+        Target::Pool {
+            bounce,
+            phys,
+            size: 1 << 20,
+        },
+    )
+    .unwrap();
+    assert_eq!(dma.name(), "iommu+bounce");
+    assert_eq!(dma.info().mapping, "pool");
+    let base = dma.info().window_base;
+    assert_eq!(base, 1 << 30);
+    // The whole pool is mapped once, read-write.
+    assert_eq!(fake.translate(0x10, base + 0x1234, true), Ok(phys + 0x1234));
+    assert_eq!(fake.translate(0x10, base + (1 << 20), true), Err(7));
+    let mut buf = vec![0u8; 3000];
+    // SAFETY: unmapped below; touched only through the device.
+    let m = unsafe {
+        dma.map(
+            NonNull::from(&mut buf[..]),
+            Direction::FromDevice,
+            &DmaConstraints::NONE,
+        )
+    }
+    .unwrap();
+    let target = fake
+        .translate(0x10, m.device_addr().as_u64(), true)
+        .unwrap();
+    for i in 0..3000u64 {
+        // SAFETY: inside the pool slots of this mapping.
+        unsafe { (target as *mut u8).add(i as usize).write_volatile(i as u8) };
+    }
+    // SAFETY: the "device" is done.
+    unsafe { dma.unmap(m) }.unwrap();
+    assert!(buf.iter().enumerate().all(|(i, &b)| b == i as u8));
+    let s = dma.iommu_stats();
+    assert_eq!(
+        (s.maps, s.unmaps, s.calls),
+        (1, 0, 0),
+        "no IOMMU work per request"
+    );
+    drop(dma);
+    vtd.lock().teardown().unwrap();
+    assert_eq!(
+        bounce.pool_stats().live_bytes,
+        0,
+        "every table page back in the pool"
+    );
+}
