@@ -47,6 +47,7 @@ mod direct;
 pub mod iommu;
 pub mod pool;
 pub mod tce;
+pub mod viommu;
 pub mod vtd;
 
 pub use direct::Direct;

@@ -784,4 +784,4 @@ impl<'d, T: Transport + ?Sized, C: Clock> Viommu<'d, T, C> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
