@@ -921,6 +921,11 @@ impl<'d, R: Registers, C: Clock> VtdUnit<'d, R, C> {
     pub fn flush_fn(&self) -> CacheFlush {
         self.flush
     }
+
+    /// Replaces the cache flush (a coherent unit needs none).
+    pub fn set_flush(&mut self, flush: CacheFlush) {
+        self.flush = flush;
+    }
 }
 
 mod domain;

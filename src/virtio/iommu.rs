@@ -223,7 +223,10 @@ pub struct Config {
     pub domain_start: u32,
     pub domain_end: u32,
     pub probe_size: u32,
+    /// `bypass` now: after [`Viommu::new`], what it read back after writing 0.
     pub bypass: u8,
+    /// `bypass` as the device had it before the driver wrote it (QEMU: `boot-bypass`, 1).
+    pub bypass_found: u8,
 }
 
 impl Config {
@@ -266,6 +269,7 @@ impl Config {
                 domain_end,
                 probe_size,
                 bypass,
+                bypass_found: bypass,
             })
         })
     }
@@ -531,11 +535,12 @@ impl<'d, T: Transport + ?Sized, C: Clock> Viommu<'d, T, C> {
                     what: "MAP_UNMAP not offered",
                 });
             }
-            let config = Config::read(t, n.accepted)?;
+            let mut config = Config::read(t, n.accepted)?;
             let granule = config.check().map_err(|what| InitError::Driver { what })?;
             if n.has(feature::BYPASS_CONFIG) {
                 t.write_config_u8(cfg::BYPASS, 0)?;
-                if t.read_config_u8(cfg::BYPASS)? != 0 {
+                config.bypass = t.read_config_u8(cfg::BYPASS)?;
+                if config.bypass != 0 {
                     return Err(InitError::Driver {
                         what: "config.bypass stays 1",
                     });

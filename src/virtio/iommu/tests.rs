@@ -275,6 +275,7 @@ fn init_negotiates_and_turns_bypass_off() {
     let accepted = b.core(|c| c.accepted());
     assert_eq!(accepted & 0x7f, feature::WANTED, "MMIO is never accepted");
     assert_eq!(b.core(|c| c.config[36]), 0, "bypass written 0");
+    assert_eq!((v.config.bypass_found, v.config.bypass), (1, 0));
     assert!(b.core(|c| c.driver_ok()));
     assert_eq!(v.granule, 12);
     assert_eq!(v.config.probe_size, 512);
