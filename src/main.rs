@@ -179,11 +179,8 @@ pub fn boot_main(info: BootInfo) -> ! {
     if let Some(t) = tree.as_ref() {
         run_virtio_devices(t, &opts, info.tick_hz, paths);
     }
-    // (Only domains a device asked for: a record, once started, is written whole.)
     for d in domains.iter().filter(|d| d.state().is_some()) {
-        if let Some(r) = devices::iommu_record(record("iommu"), d) {
-            r.end();
-        }
+        devices::iommu_record(record("iommu"), d).end();
     }
     // Every device is reset: the IOMMU units the arch set up report and give their tables
     // and queues back (to the pool, on a secure guest).

@@ -1006,6 +1006,64 @@ fn virtio_mmio_translation_through_two_buses() {
     assert_eq!(why(parse(&blob)), "virtio,mmio node without reg");
 }
 
+/// A hostile `ibm,dma-window` or `ibm,ddw-applicable` does not fail the tree: the PHB carries
+/// the reason, and only devices that need its IOMMU fail (with it).
+#[test]
+fn hostile_tce_windows_are_kept_as_reasons() {
+    let phb = |name: &'static str, f: fn(&mut FdtWriter<'_>) -> Result<(), WriteError>| {
+        move |w: &mut FdtWriter<'_>| {
+            node(w, name, |w| {
+                w.property_str(b"device_type", "pci")?;
+                f(w)
+            })
+        }
+    };
+    let t = parse(&tree(|w| {
+        phb("a", |w| {
+            w.property_cells(b"ibm,dma-window", &[0x8000_0000, 0, 0, 0, 0])
+        })(w)?;
+        phb("b", |w| {
+            w.property_cells(b"ibm,dma-window", &[1, 0, 0x800, 0, 0x1000])
+        })(w)?;
+        phb("c", |w| w.property_cells(b"ibm,dma-window", &[1, 0, 0]))(w)?;
+        phb("d", |w| {
+            w.property_u32(b"ibm,#dma-address-cells", 5)?;
+            w.property_cells(b"ibm,dma-window", &[1, 0, 0, 0, 0x1000])
+        })(w)?;
+        phb("e", |w| {
+            w.property_u32(b"ibm,#dma-address-cells", 1)?;
+            w.property_u32(b"ibm,#dma-size-cells", 1)?;
+            w.property_cells(b"ibm,dma-window", &[2, 0x1000, 0x10_0000])?;
+            w.property_cells(b"ibm,ddw-applicable", &[1, 2])
+        })(w)
+    }))
+    .unwrap();
+    let w: Vec<_> = t.pci_hosts.iter().map(|h| h.tce_window.unwrap()).collect();
+    assert_eq!(w[0], Err("ibm,dma-window has size 0"));
+    assert_eq!(w[1], Err("ibm,dma-window is not 4 KiB-aligned"));
+    assert_eq!(
+        w[2],
+        Err("ibm,dma-window is not one LIOBN, bus address and size")
+    );
+    assert_eq!(
+        w[3],
+        Err("ibm,#dma-address-cells is not one cell of 1 or 2")
+    );
+    assert_eq!(
+        w[4],
+        Ok(crate::dma::tce::TceWindow {
+            liobn: 2,
+            base: 0x1000,
+            size: 0x10_0000
+        })
+    );
+    assert_eq!(
+        t.pci_hosts[4].ddw,
+        Some(Err("ibm,ddw-applicable is not three tokens"))
+    );
+    assert!(t.pci_hosts.iter().all(|h| h.has_dma_window));
+}
+
 #[test]
 fn pci_hosts_and_functions() {
     let t = parse(&tree(|w| {
