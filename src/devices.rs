@@ -231,11 +231,7 @@ fn erase<S>(r: DriverRun<S>, wrap: fn(S) -> Specific) -> DriverRun<Specific> {
 
 /// The fields of an IOMMU domain and its counts, inside an object (the `iommu` object of a
 /// `virtio` record, and the `iommu` record): docs/report.md.
-pub fn iommu_fields<W: fmt::Write>(
-    j: &mut crate::report::Json<'_, W>,
-    info: &DomainInfo,
-    s: &IommuStats,
-) {
+pub fn iommu_fields(j: &mut crate::report::Json<'_>, info: &DomainInfo, s: &IommuStats) {
     for (k, v) in [
         ("backend", info.backend),
         ("mode", info.mode),
@@ -312,7 +308,7 @@ pub fn report_feature_name(name: &'static str) -> &'static str {
 pub fn virtio_record<W: fmt::Write>(r: Record<W>, d: &DeviceReport) -> Record<W> {
     let ty = DeviceType(d.device_id);
     let names = |word: u64| {
-        move |j: &mut crate::report::Json<'_, W>| {
+        move |j: &mut crate::report::Json<'_>| {
             j.begin_array();
             for n in feature_names(ty, word) {
                 j.str(report_feature_name(n));

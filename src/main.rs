@@ -58,12 +58,15 @@ fn elapsed_us(now: u64) -> Option<u64> {
 }
 
 /// Starts a record on the console, stamped with the time since entry (`t_us`, null while the
-/// clock is uncalibrated) so that a host can see what each phase cost.
+/// clock is uncalibrated) so that a host can see what each phase cost. Out of line: it is
+/// called from dozens of places.
+#[inline(never)]
 fn record(event: &str) -> Record<Console> {
     Record::new(Console, event).opt_u64("t_us", elapsed_us(arch::now_ticks()))
 }
 
 /// Reports an error record; the verdict becomes `fail`.
+#[inline(never)]
 fn report_error(what: &str, message: &str) {
     ERRORS.fetch_add(1, Ordering::Relaxed);
     record("error")
