@@ -346,7 +346,7 @@ pub fn iommu_finish() {
     let Some(state) = STATE.get() else {
         return;
     };
-    let endpoints = |j: &mut secure_guest::report::Json<'_, crate::console::Console>| {
+    let endpoints = |j: &mut secure_guest::report::Json<'_>| {
         j.begin_array();
         for &(b, id) in &state.endpoints {
             j.begin_object();
