@@ -32,22 +32,25 @@ pub fn choose(
     if lo >= hi {
         return None;
     }
-    let mut cuts: alloc::vec::Vec<(u128, u128)> = reserved
-        .iter()
-        .filter(|r| r.0 <= r.1)
-        .map(|&(s, e)| (u128::from(s), u128::from(e) + 1))
-        .collect();
-    cuts.sort_unstable();
+    // Gaps between the reserved ranges, in address order: a selection over the (few) ranges,
+    // rather than a sort, which would cost the guest image a generic sort routine.
     let page = u128::from(page);
     let mut gaps = alloc::vec::Vec::new();
     let mut at = lo;
-    for (s, e) in cuts.into_iter().chain(core::iter::once((hi, hi))) {
+    while at < hi {
+        // The reserved range that starts first among those ending after `at`.
+        let next = reserved
+            .iter()
+            .filter(|r| r.0 <= r.1 && u128::from(r.1) + 1 > at)
+            .map(|&(s, e)| (u128::from(s), u128::from(e) + 1))
+            .min_by_key(|&(s, _)| s);
+        let (s, e) = next.unwrap_or((hi, hi));
         let (gs, ge) = (at.next_multiple_of(page), s.min(hi) & !(page - 1));
         if ge > gs {
             gaps.push((gs, ge));
         }
         at = at.max(e);
-        if at >= hi {
+        if s >= hi {
             break;
         }
     }

@@ -147,6 +147,7 @@ fn settings(opts: &Options) -> Settings {
 /// One domain per virtio PCI function behind the machine's IOMMU (VT-d when the DMAR names a
 /// unit, else a virtio-iommu), in PCI order. `pool` (its path, phys, size) on a secure guest:
 /// the domains map only the pool, and the IOMMU's own tables and queues live in it.
+#[inline(never)]
 pub fn iommu_domains(
     tree: &DeviceTree,
     opts: &Options,
@@ -313,6 +314,7 @@ pub fn iommu_domains(
 }
 
 /// The VT-d unit at `base`, translating with an empty root table.
+#[inline(never)]
 fn vtd_unit(
     base: u64,
     clock: Clock,
@@ -342,6 +344,7 @@ fn vtd_unit(
 
 /// After every device ran: the `iommu_unit` record, then the teardown (tables and queues given
 /// back; on a secure guest, to the pool).
+#[inline(never)]
 pub fn iommu_finish() {
     let Some(state) = STATE.get() else {
         return;

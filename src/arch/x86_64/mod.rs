@@ -51,10 +51,10 @@ unsafe impl<T> Sync for BootCell<T> {}
 /// microvm's device tree, copied out of fw_cfg.
 static FDT_BUF: BootCell<[u8; 64 * 1024]> = BootCell(UnsafeCell::new([0; 64 * 1024]));
 static POWER_OFF: spin::Once<Option<PowerOff>> = spin::Once::new();
-/// The RSDP's address (from the PVH start info or the BIOS area), when there is one.
-static RSDP: spin::Once<Option<u64>> = spin::Once::new();
+/// The RSDP's address (from the PVH start info or the BIOS area); 0: none.
+static RSDP: AtomicU64 = AtomicU64::new(0);
 /// The e820 ranges the firmware described (every kind): where ACPI tables may be read.
-static E820: spin::Once<([(u64, u64); 64], usize)> = spin::Once::new();
+static E820: BootCell<([(u64, u64); 64], usize)> = BootCell(UnsafeCell::new(([(0, 0); 64], 0)));
 /// TSC ticks per second, when calibrated.
 static TSC_HZ: AtomicU64 = AtomicU64::new(0);
 static MACHINE: spin::Once<&'static str> = spin::Once::new();
@@ -268,13 +268,14 @@ fn find_power_off(rsdp: Option<u64>, e820: &[(u64, u64)]) -> Option<PowerOff> {
 
 /// The RSDP, for later ACPI lookups (the IOMMU tables).
 pub fn rsdp() -> Option<u64> {
-    RSDP.get().copied().flatten()
+    Some(RSDP.load(Ordering::Relaxed)).filter(|&a| a != 0)
 }
 
 /// [`acpi_read`] over the e820 ranges the boot recorded.
 pub fn acpi_read_boot(phys: u64, buf: &mut [u8]) -> bool {
-    E820.get()
-        .is_some_and(|(map, n)| acpi_read(&map[..*n], phys, buf))
+    // SAFETY: written once by the entry code before `boot_main`, only read afterwards.
+    let (map, n) = unsafe { &*E820.0.get() };
+    acpi_read(&map[..*n], phys, buf)
 }
 
 /// The TSC rate the boot calibrated, if it did.
@@ -412,8 +413,10 @@ extern "C" fn x86_64_rust_entry(start_info: u64, entry_tsc: u64) -> ! {
         }
     };
     MACHINE.call_once(|| machine);
-    let rsdp = *RSDP.call_once(|| find_rsdp(rsdp_paddr, &e820[..e820_len]));
-    E820.call_once(|| (e820, e820_len));
+    let rsdp = find_rsdp(rsdp_paddr, &e820[..e820_len]);
+    RSDP.store(rsdp.unwrap_or(0), Ordering::Relaxed);
+    // SAFETY: single-threaded boot, before anything reads it (see `acpi_read_boot`).
+    unsafe { *E820.0.get() = (e820, e820_len) };
     POWER_OFF.call_once(|| find_power_off(rsdp, &e820[..e820_len]));
     let (tick_hz, tick_source) = tsc_hz();
     TSC_HZ.store(tick_hz.unwrap_or(0), Ordering::Relaxed);
