@@ -242,6 +242,8 @@ pub enum VtdError {
     NoDomainId,
     /// The function already has a context entry.
     AlreadyAttached { sid: u16 },
+    /// CAP/ECAP place the IOTLB or fault-recording registers outside the register window.
+    BadLayout { offset: usize },
 }
 
 impl VtdError {
@@ -255,6 +257,7 @@ impl VtdError {
             VtdError::Dma(_) => -14,
             VtdError::NoDomainId => -15,
             VtdError::AlreadyAttached { .. } => -16,
+            VtdError::BadLayout { .. } => -17,
         }
     }
 }
@@ -281,6 +284,12 @@ impl fmt::Display for VtdError {
             VtdError::NoDomainId => f.write_str("no domain ID left"),
             VtdError::AlreadyAttached { sid } => {
                 write!(f, "{sid:#06x} already has a context entry")
+            }
+            VtdError::BadLayout { offset } => {
+                write!(
+                    f,
+                    "CAP/ECAP put registers at {offset:#x}, outside the unit's window"
+                )
             }
         }
     }
@@ -608,6 +617,18 @@ impl<'d, R: Registers, C: Clock> VtdUnit<'d, R, C> {
             return Err(VtdError::NoUnit);
         }
         let caps = Caps { cap, ecap };
+        // The IOTLB registers (16 bytes) and the fault-recording registers (16 each) must lie
+        // in the window: a hostile CAP/ECAP must not send the driver elsewhere.
+        let iotlb_end = caps.iotlb_offset() + 16;
+        let faults_end = caps.fault_offset() + 16 * caps.fault_records();
+        for (offset, end) in [
+            (caps.iotlb_offset(), iotlb_end),
+            (caps.fault_offset(), faults_end),
+        ] {
+            if offset < reg::FECTL + 4 || end > regs.len() {
+                return Err(VtdError::BadLayout { offset });
+            }
+        }
         let agaw = Agaw::choose(&caps)?;
         Ok(VtdUnit {
             regs,

@@ -646,6 +646,47 @@ fn a_unit_that_does_not_answer_times_out() {
 }
 
 #[test]
+fn four_level_tables() {
+    // A unit that offers 48-bit tables only.
+    let fake = FakeVtd::new(QEMU_CAP & !(0x1f << 8) | (0x4 << 8), QEMU_ECAP);
+    let mut u = unit(&fake);
+    assert_eq!(u.agaw.levels, 4);
+    u.enable().unwrap();
+    let mut t = SlTable::new(u.dma(), u.agaw.levels, no_flush).unwrap();
+    u.attach(0x0100, 1, &t).unwrap();
+    let high = 0x7f_8000_0000; // beyond 39 bits: needs the 4th level
+    t.map(high, 0x20_0000, 2, PTE_R | PTE_W).unwrap();
+    t.map(0x4000_0000, 0x30_0000, 1, PTE_R).unwrap();
+    assert_eq!(fake.translate(0x0100, high + 0x1008, true), Ok(0x20_1008));
+    assert_eq!(fake.translate(0x0100, 0x4000_0010, false), Ok(0x30_0010));
+    assert_eq!(
+        t.table_pages, 6,
+        "root (PML4) + two PDPT/PD/PT paths sharing it"
+    );
+    assert!(
+        t.map(1 << 48, 0, 1, PTE_R).is_err(),
+        "beyond a 4-level table"
+    );
+}
+
+#[test]
+fn registers_outside_the_window_are_refused() {
+    // IRO at 0x1000 (past the 4 KiB window); FRO at 0x3ff * 16; IRO 0 (over VER and CAP).
+    for (cap, ecap) in [
+        (QEMU_CAP, QEMU_ECAP & !(0x3ff << 8) | (0x100 << 8)),
+        (QEMU_CAP & !(0x3ff << 24) | (0x3ff << 24), QEMU_ECAP),
+        (QEMU_CAP, QEMU_ECAP & !(0x3ff << 8)),
+    ] {
+        let fake = FakeVtd::new(cap, ecap);
+        let r = VtdUnit::probe(fake.clone(), TestClock::default(), 1000, direct(), no_flush);
+        assert!(
+            matches!(r.err(), Some(VtdError::BadLayout { .. })),
+            "{cap:#x} {ecap:#x}"
+        );
+    }
+}
+
+#[test]
 fn domain_ids_run_out() {
     let fake = FakeVtd::new(QEMU_CAP & !7, QEMU_ECAP); // ND 0: 16 domains
     let mut u = unit(&fake);
