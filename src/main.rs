@@ -182,6 +182,7 @@ pub fn boot_main(info: BootInfo) -> ! {
     if let Some(t) = tree.as_ref() {
         run_virtio_devices(t, &opts, info.tick_hz, paths);
     }
+    // A record starts on the console as soon as it is made: only for domains that were used.
     for d in domains.iter().filter(|d| d.state().is_some()) {
         devices::iommu_record(record("iommu"), d).end();
     }
