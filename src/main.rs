@@ -150,19 +150,24 @@ pub fn boot_main(info: BootInfo) -> ! {
     // 6. When secure: the shared bounce pool, and (emulate) private memory full of secret marks
     //    for the host's memory-dump oracle. Every device then goes through the pool or is
     //    refused; otherwise every device is direct.
-    let pool = platform
-        .is_secure()
-        .then(|| setup_pool(&info, heap, platform, &opts));
+    //    The pool lives for the rest of the run (it is never unshared): it is leaked, so
+    //    that IOMMU units, whose own tables and queues must be shared too, can keep it.
+    let pool: Option<&'static Bounce<'static>> = platform.is_secure().then(|| {
+        &*alloc::boxed::Box::leak(alloc::boxed::Box::new(setup_pool(
+            &info, heap, platform, &opts,
+        )))
+    });
     if platform.kind() == PlatformKind::Emulated {
-        mark_private_memory(&info, heap, pool.as_ref());
+        mark_private_memory(&info, heap, pool);
     }
-    let paths = match &pool {
+    let paths = match pool {
         Some(b) => sec::secure_paths(&DIRECT, b, opts.legacy_devices),
         None => DmaPaths::direct(&DIRECT),
     };
-    // The IOMMU domains devices sit behind (pseries: each PHB's TCE window), set up when a
-    // device first needs one: over the pool on a secure guest, over private memory otherwise.
-    let pool_range = pool.as_ref().map(|b| {
+    // The IOMMU domains devices sit behind (pseries: each PHB's TCE window; x86: one per PCI
+    // function behind VT-d or virtio-iommu), set up when a device first needs one: over the
+    // pool on a secure guest, over private memory otherwise.
+    let pool_range = pool.map(|b| {
         let r = b.region();
         (b as &dyn secure_guest::dma::Dma, r.phys, r.size)
     });
@@ -181,10 +186,13 @@ pub fn boot_main(info: BootInfo) -> ! {
     for d in domains.iter().filter(|d| d.state().is_some()) {
         devices::iommu_record(record("iommu"), d).end();
     }
+    // Every device is reset: the IOMMU units the arch set up report and give their tables
+    // and queues back (to the pool, on a secure guest).
+    arch::iommu_finish();
 
     // 8. What the pool went through. It stays shared (and, with every device reset and every
     //    mapping released, all zeros) until power-off: see `devices::secure`.
-    if let Some(b) = &pool {
+    if let Some(b) = pool {
         report_pool_stats(b);
     }
 

@@ -225,6 +225,10 @@ struct BootArgs {
     /// With --hold: also dump all guest memory as an ELF core (memory.elf, ~0.65 s per 512 MiB).
     #[arg(long, requires = "hold")]
     dump_all: bool,
+    /// An IOMMU on q35/pc: virtio-iommu or vt-d (QEMU's intel-iommu, interrupt remapping
+    /// off). Give the devices `iommu_platform=on` (after `--`) to put their DMA behind it.
+    #[arg(long)]
+    iommu: Option<harness::devices::Iommu>,
     /// Extra QEMU arguments, after `--`. QEMU runs in its own directory: use absolute paths.
     #[arg(last = true)]
     extra: Vec<String>,
@@ -264,7 +268,13 @@ impl BootArgs {
         c.timeout = Duration::from_secs_f64(self.timeout);
         c.exit_device = !self.no_exit_device && !self.hold;
         c.hold_at_shutdown = self.hold;
-        c.extra_args = self.extra.clone();
+        c.extra_args = match self.iommu {
+            Some(i) => i
+                .qemu_args(machine)
+                .map_err(|e| anyhow::anyhow!("--iommu {i}: {e}"))?,
+            None => Vec::new(),
+        };
+        c.extra_args.extend(self.extra.iter().cloned());
         c.validate()?;
         Ok(c)
     }

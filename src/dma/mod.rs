@@ -41,11 +41,14 @@
 //! [`DeviceAddr`] is a newtype so that a CPU pointer can never be passed where a device address
 //! is meant: only a [`Dma`] implementation creates one from a CPU address.
 
+pub mod aperture;
 pub mod bounce;
 mod direct;
 pub mod iommu;
 pub mod pool;
 pub mod tce;
+pub mod viommu;
+pub mod vtd;
 
 pub use direct::Direct;
 
