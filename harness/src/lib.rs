@@ -17,7 +17,8 @@
 //! [`oracle`] (host-side checks of the data the guest moved), [`qmp`] (a minimal QMP client),
 //! [`matrix`] (every machine × transport × ring, with all devices, in parallel). For secure
 //! guests: [`dump`] (guest memory of a run held at shutdown, over QMP `pmemsave`) and [`secure`]
-//! (the memory-dump oracle: nothing private in the shared swiotlb pool).
+//! (the memory-dump oracle: nothing private in the shared swiotlb pool). For IOMMU DMA: [`trace`]
+//! (QEMU trace events: which to enable, and an exact parser for the `log` backend's lines).
 
 pub mod config;
 pub mod devices;
@@ -32,6 +33,7 @@ pub mod qmp;
 pub mod report;
 pub mod run;
 pub mod secure;
+pub mod trace;
 
 pub use config::{Accel, Arch, Firmware, Machine, QemuConfig, default_kernel, workspace_root};
 pub use report::{Record, Report};
