@@ -10,6 +10,9 @@
 //! cargo run -p harness -- run --machine q35 --hold --dump 0x1000000:4M --run-dir sg-run
 //! cargo run -p harness -- pattern --seed 0x5347 --offset 1052672 --len 69632 --check disk0.img
 //! cargo run -p harness -- echo-server --port 5555
+//! cargo run -p harness -- run --machine pseries --iommu spapr-tce --run-dir sg-run -- \
+//!     -device virtio-rng-pci,disable-legacy=on,iommu_platform=on
+//! cargo run -p harness -- trace-check sg-run/trace.log --pool 0x1000000:4M
 //! ```
 //! Exit status: 0 for pass (for `noop`: QEMU powered off by itself; for `matrix`: nothing
 //! failed; for `pattern --check`: the region holds the pattern), 1 for anything else (2 when the
@@ -77,6 +80,18 @@ enum Cmd {
         /// Check that bytes OFFSET..OFFSET+LEN of this file (a disk image) hold the pattern.
         #[arg(long)]
         check: Option<PathBuf>,
+    },
+    /// Run the IOMMU trace oracle over a QEMU trace log (trace.log of a run with --iommu or
+    /// --trace) and print its verdict.
+    TraceCheck {
+        /// The trace log.
+        file: PathBuf,
+        /// Secure run: the shared pool, BASE:SIZE; every mapped or translated page must be in it.
+        #[arg(long, value_parser = parse_range)]
+        pool: Vec<(u64, u64)>,
+        /// Fail when no device access went through an IOMMU.
+        #[arg(long)]
+        expect_translations: bool,
     },
     /// A model of QEMU running a correct guest, for the harness's own tests.
     #[command(hide = true)]
@@ -225,6 +240,14 @@ struct BootArgs {
     /// With --hold: also dump all guest memory as an ELF core (memory.elf, ~0.65 s per 512 MiB).
     #[arg(long, requires = "hold")]
     dump_all: bool,
+    /// Enable this QEMU trace event (a name or a pattern such as `spapr_iommu_*`); repeat for
+    /// more. QEMU writes them to trace.log in the run directory (see --run-dir).
+    #[arg(long)]
+    trace: Vec<String>,
+    /// Trace this IOMMU's events (spapr-tce, virtio-iommu, intel-vtd) and run the IOMMU trace
+    /// oracle after the run: the run passes only if the oracle does. Repeat for more.
+    #[arg(long)]
+    iommu: Vec<harness::trace::IommuKind>,
     /// Extra QEMU arguments, after `--`. QEMU runs in its own directory: use absolute paths.
     #[arg(last = true)]
     extra: Vec<String>,
@@ -265,6 +288,12 @@ impl BootArgs {
         c.exit_device = !self.no_exit_device && !self.hold;
         c.hold_at_shutdown = self.hold;
         c.extra_args = self.extra.clone();
+        c.trace_events = self.trace.clone();
+        for p in harness::trace::patterns_for(&self.iommu) {
+            if !c.trace_events.contains(&p) {
+                c.trace_events.push(p);
+            }
+        }
         c.validate()?;
         Ok(c)
     }
@@ -309,8 +338,17 @@ fn real_main(cli: Cli) -> Result<bool> {
                 }
             }
             print_held(&r, boot.run_dir.is_some());
-            print_outcome(&r, r.verdict.as_str(), r.passed());
-            Ok(r.passed())
+            if let Some(t) = &r.trace {
+                println!("trace: {}", t.summary());
+            }
+            let mut passed = r.passed();
+            if !boot.iommu.is_empty() {
+                let v = harness::iommu::check_run(&r);
+                print!("{v}");
+                passed &= v.passed();
+            }
+            print_outcome(&r, r.verdict.as_str(), passed);
+            Ok(passed)
         }
         Cmd::Noop { boot } => {
             let config = boot.config("noop")?;
@@ -341,6 +379,25 @@ fn real_main(cli: Cli) -> Result<bool> {
             check,
         } => pattern(seed, offset, len, out, check),
         Cmd::EchoServer { port, timeout } => echo_server(port, timeout),
+        Cmd::TraceCheck {
+            file,
+            pool,
+            expect_translations,
+        } => {
+            let log = harness::trace::TraceLog::read(&file);
+            let cfg = harness::iommu::Config {
+                pool: (!pool.is_empty()).then(|| {
+                    pool.iter()
+                        .map(|&(base, size)| harness::iommu::PhysRange { base, size })
+                        .collect()
+                }),
+                expect_translations,
+                ..Default::default()
+            };
+            let v = harness::iommu::check(&log, &cfg);
+            print!("{v}");
+            Ok(v.passed())
+        }
         Cmd::FakeQemu { args } => std::process::exit(harness::fake::run(&args)?),
         Cmd::Kvm => match kvm::probe() {
             kvm::Probe::Usable => {
