@@ -213,7 +213,7 @@ fn pseries_unmapped_dma_fails_the_oracle() {
         "{v}"
     );
     assert!(first.message.contains("never mapped"), "{v}");
-    let c = v.spaces[&Space::Tce {
+    let c = &v.spaces[&Space::Tce {
         liobn: PSERIES_LIOBN,
     }];
     assert_eq!(

@@ -170,8 +170,27 @@ impl fmt::Display for Violation {
     }
 }
 
-/// What happened in one space (or in all of them: [`Verdict::totals`]).
+/// The guest's and the host's names for the calls that change an IOMMU: the TCE hypercalls, and
+/// virtio-iommu's requests.
+pub const H_PUT_TCE: &str = "H_PUT_TCE";
+pub const H_PUT_TCE_INDIRECT: &str = "H_PUT_TCE_INDIRECT";
+pub const H_STUFF_TCE: &str = "H_STUFF_TCE";
+pub const H_GET_TCE: &str = "H_GET_TCE";
+pub const VIOMMU_ATTACH: &str = "ATTACH";
+pub const VIOMMU_MAP: &str = "MAP";
+pub const VIOMMU_UNMAP: &str = "UNMAP";
+
+/// Calls of one kind and the table entries they asked to write.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Calls {
+    pub calls: u64,
+    /// TCEs (H_PUT_TCE 1, H_PUT_TCE_INDIRECT its entries as traced, H_STUFF_TCE its pages,
+    /// H_GET_TCE 1); one per virtio-iommu request.
+    pub entries: u64,
+}
+
+/// What happened in one space (or in all of them: [`Verdict::totals`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Counts {
     /// TCE: pages mapped (an entry with a permission written); virtio-iommu: mappings added.
     pub maps: u64,
@@ -181,16 +200,12 @@ pub struct Counts {
     pub translations: u64,
     /// Accesses the IOMMU refused.
     pub faults: u64,
-    /// TCE hypercalls, failed ones included.
-    pub put_tce: u64,
-    pub put_tce_indirect: u64,
-    pub stuff_tce: u64,
-    pub get_tce: u64,
-    /// virtio-iommu requests (as traced: before QEMU checks them).
-    pub attach_requests: u64,
-    pub unmap_requests: u64,
     /// Mappings live when the trace ended (TCE pages, virtio-iommu intervals).
     pub live_at_end: u64,
+    /// Calls by name ([`H_PUT_TCE`], ... [`VIOMMU_UNMAP`]): TCE hypercalls, failed ones
+    /// included; virtio-iommu ATTACH and UNMAP requests as sent, MAP requests QEMU accepted (it
+    /// traces no other).
+    pub calls: BTreeMap<&'static str, Calls>,
 }
 
 impl Counts {
@@ -199,13 +214,23 @@ impl Counts {
         self.unmaps += o.unmaps;
         self.translations += o.translations;
         self.faults += o.faults;
-        self.put_tce += o.put_tce;
-        self.put_tce_indirect += o.put_tce_indirect;
-        self.stuff_tce += o.stuff_tce;
-        self.get_tce += o.get_tce;
-        self.attach_requests += o.attach_requests;
-        self.unmap_requests += o.unmap_requests;
         self.live_at_end += o.live_at_end;
+        for (name, c) in &o.calls {
+            let mine = self.calls.entry(name).or_default();
+            mine.calls += c.calls;
+            mine.entries += c.entries;
+        }
+    }
+
+    /// The calls of `name` (zero when there were none).
+    pub fn calls(&self, name: &str) -> Calls {
+        self.calls.get(name).copied().unwrap_or_default()
+    }
+
+    fn call(&mut self, name: &'static str, entries: u64) {
+        let c = self.calls.entry(name).or_default();
+        c.calls += 1;
+        c.entries += entries;
     }
 }
 
@@ -349,17 +374,21 @@ impl fmt::Display for Verdict {
         )?;
         writeln!(
             f,
-            "  totals: {} maps, {} unmaps, {} translations, {} faults, {} live at end; hcalls: \
-             {} put, {} indirect, {} stuff, {} get",
+            "  totals: {} maps, {} unmaps, {} translations, {} faults, {} live at end; calls: {}",
             t.maps,
             t.unmaps,
             t.translations,
             t.faults,
             t.live_at_end,
-            t.put_tce,
-            t.put_tce_indirect,
-            t.stuff_tce,
-            t.get_tce
+            if t.calls.is_empty() {
+                "none".to_string()
+            } else {
+                t.calls
+                    .iter()
+                    .map(|(n, c)| format!("{} {n} ({} entries)", c.calls, c.entries))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            }
         )?;
         for (s, c) in &self.spaces {
             writeln!(
@@ -382,44 +411,63 @@ impl fmt::Display for Verdict {
     }
 }
 
-/// The counts the guest reports, summed over its devices; `None` where it reports none. Names
-/// follow [`Counts`].
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// One kind of call as the guest counts it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GuestCalls {
+    /// [`H_PUT_TCE`], ..., [`VIOMMU_UNMAP`].
+    pub name: String,
+    pub calls: u64,
+    /// The entries the calls asked to write, when the guest says.
+    pub entries: Option<u64>,
+}
+
+/// The counts the guest reports, summed over its devices. Only what it gives is compared.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct GuestCounts {
+    /// TCE pages (virtio-iommu mappings) mapped and unmapped.
     pub maps: Option<u64>,
     pub unmaps: Option<u64>,
-    pub put_tce: Option<u64>,
-    pub put_tce_indirect: Option<u64>,
-    pub stuff_tce: Option<u64>,
+    /// Every kind of call it made. When the list is not empty, a kind the host saw and the
+    /// guest does not list counts as 0 calls for the guest.
+    pub calls: Vec<GuestCalls>,
 }
 
 /// Each count the guest gives against the host's: a [`Kind::CountMismatch`] per difference.
 pub fn compare_counts(host: &Counts, guest: &GuestCounts) -> Vec<Violation> {
-    let pairs = [
-        ("maps", host.maps, guest.maps),
-        ("unmaps", host.unmaps, guest.unmaps),
-        ("H_PUT_TCE calls", host.put_tce, guest.put_tce),
-        (
-            "H_PUT_TCE_INDIRECT calls",
-            host.put_tce_indirect,
-            guest.put_tce_indirect,
-        ),
-        ("H_STUFF_TCE calls", host.stuff_tce, guest.stuff_tce),
-    ];
-    pairs
-        .into_iter()
-        .filter_map(|(what, host, guest)| {
-            let guest = guest?;
-            (host != guest).then(|| Violation {
+    let mut out = Vec::new();
+    let mut differ = |what: String, guest: u64, host: u64| {
+        if guest != host {
+            out.push(Violation {
                 line: 0,
                 kind: Kind::CountMismatch,
                 space: None,
                 iova: None,
                 phys: None,
                 message: format!("the guest reports {guest} {what}, the host traced {host}"),
-            })
-        })
-        .collect()
+            });
+        }
+    };
+    if let Some(g) = guest.maps {
+        differ("pages mapped".into(), g, host.maps);
+    }
+    if let Some(g) = guest.unmaps {
+        differ("pages unmapped".into(), g, host.unmaps);
+    }
+    for g in &guest.calls {
+        let h = host.calls(&g.name);
+        differ(format!("{} calls", g.name), g.calls, h.calls);
+        if let Some(e) = g.entries {
+            differ(format!("{} entries", g.name), e, h.entries);
+        }
+    }
+    if !guest.calls.is_empty() {
+        for (name, h) in &host.calls {
+            if !guest.calls.iter().any(|g| g.name == *name) {
+                differ(format!("{name} calls"), 0, h.calls);
+            }
+        }
+    }
+    out
 }
 
 /// Whether a `virtio.dma` path goes through an IOMMU (`iommu`, `iommu+bounce`).
@@ -687,7 +735,7 @@ impl Replay<'_> {
                 ret,
             } => {
                 let s = Space::Tce { liobn: *liobn };
-                self.counts(s).put_tce += 1;
+                self.counts(s).call(H_PUT_TCE, 1);
                 if *ret != 0 {
                     return self.hcall_failed(line, s, "H_PUT_TCE", *ioba, *ret);
                 }
@@ -702,7 +750,8 @@ impl Replay<'_> {
                 ..
             } => {
                 let s = Space::Tce { liobn: *liobn };
-                self.counts(s).put_tce_indirect += 1;
+                self.counts(s)
+                    .call(H_PUT_TCE_INDIRECT, last_index.saturating_add(1));
                 if *ret != 0 {
                     return self.hcall_failed(line, s, "H_PUT_TCE_INDIRECT", *ioba, *ret);
                 }
@@ -739,7 +788,8 @@ impl Replay<'_> {
                 ret,
             } => {
                 let s = Space::Tce { liobn: *liobn };
-                self.counts(s).stuff_tce += 1;
+                self.counts(s)
+                    .call(H_STUFF_TCE, u64::try_from(*npages).unwrap_or(0));
                 if *ret != 0 {
                     return self.hcall_failed(line, s, "H_STUFF_TCE", *ioba_end, *ret);
                 }
@@ -752,7 +802,7 @@ impl Replay<'_> {
                 tce,
             } => {
                 let s = Space::Tce { liobn: *liobn };
-                self.counts(s).get_tce += 1;
+                self.counts(s).call(H_GET_TCE, 1);
                 if *ret != 0 {
                     return self.hcall_failed(line, s, "H_GET_TCE", *ioba, *ret);
                 }
@@ -806,7 +856,7 @@ impl Replay<'_> {
 
             Event::ViommuAttach { domain, endpoint } => {
                 self.counts(Space::ViommuDomain { domain: *domain })
-                    .attach_requests += 1;
+                    .call(VIOMMU_ATTACH, 1);
                 self.endpoints.insert(*endpoint, *domain);
             }
             Event::ViommuDetach { .. } => {}
@@ -824,7 +874,7 @@ impl Replay<'_> {
             } => self.viommu_map(line, *domain, *virt_start, *virt_end, *phys_start, *flags),
             Event::ViommuUnmap { domain, .. } => {
                 self.counts(Space::ViommuDomain { domain: *domain })
-                    .unmap_requests += 1;
+                    .call(VIOMMU_UNMAP, 1);
             }
             Event::ViommuUnmapDone {
                 domain,
@@ -1268,6 +1318,7 @@ impl Replay<'_> {
     ) {
         let s = Space::ViommuDomain { domain };
         self.counts(s).maps += 1;
+        self.counts(s).call(VIOMMU_MAP, 1);
         self.domains.entry(domain).or_default().insert(
             start,
             ViommuMapping {
@@ -1558,26 +1609,41 @@ spapr_iommu_pci_put liobn=0x80000000 ioba=0x1000 tce=0x0 ret=0
 spapr_iommu_pci_stuff liobn=0x80000000 ioba=0x14000 tcevalue=0x0 npages=4 ret=0
 ";
 
+    fn guest_calls(name: &str, calls: u64, entries: Option<u64>) -> GuestCalls {
+        GuestCalls {
+            name: name.into(),
+            calls,
+            entries,
+        }
+    }
+
     #[test]
     fn a_good_tce_trace_passes_and_counts() {
         let v = secure(TCE_GOOD);
         assert!(v.passed(), "{v}");
-        let c = v.spaces[&Space::Tce { liobn: L }];
+        let c = &v.spaces[&Space::Tce { liobn: L }];
         assert_eq!(
             (c.maps, c.unmaps, c.translations, c.faults, c.live_at_end),
             (6, 262_144 + 1 + 4, 5, 0, 1)
         );
+        let calls = |n| {
+            let x = c.calls(n);
+            (x.calls, x.entries)
+        };
         assert_eq!(
-            (c.put_tce, c.put_tce_indirect, c.stuff_tce, c.get_tce),
-            (3, 1, 2, 1)
+            [H_PUT_TCE, H_PUT_TCE_INDIRECT, H_STUFF_TCE, H_GET_TCE].map(calls),
+            [(3, 3), (1, 4), (2, 262_148), (1, 1)]
         );
-        assert_eq!(v.totals(), c);
+        assert_eq!(&v.totals(), c);
         let guest = GuestCounts {
             maps: Some(6),
             unmaps: Some(262_149),
-            put_tce: Some(3),
-            put_tce_indirect: Some(1),
-            stuff_tce: Some(2),
+            calls: vec![
+                guest_calls(H_PUT_TCE, 3, Some(3)),
+                guest_calls(H_PUT_TCE_INDIRECT, 1, None),
+                guest_calls(H_STUFF_TCE, 2, Some(262_148)),
+                guest_calls(H_GET_TCE, 1, Some(1)),
+            ],
         };
         let mut v2 = v.clone();
         v2.compare_counts(&guest);
@@ -1695,20 +1761,29 @@ spapr_iommu_pci_put liobn=0x80000000 ioba=0x3000 tce=0x1400003 ret=0
         let mut v = plain(TCE_GOOD);
         v.compare_counts(&GuestCounts {
             maps: Some(5),
-            put_tce: Some(3),
-            stuff_tce: Some(1),
-            ..Default::default()
+            unmaps: None,
+            calls: vec![
+                guest_calls(H_PUT_TCE, 3, Some(4)),
+                guest_calls(H_STUFF_TCE, 1, None),
+                guest_calls(H_PUT_TCE_INDIRECT, 1, None),
+            ],
         });
-        assert_eq!(kinds(&v), vec![Kind::CountMismatch; 2], "{v}");
+        assert_eq!(kinds(&v), vec![Kind::CountMismatch; 4], "{v}");
+        let m: Vec<String> = v.violations.iter().map(|x| x.to_string()).collect();
         assert_eq!(
-            v.violations[0].to_string(),
-            "count-mismatch: the guest reports 5 maps, the host traced 6"
+            m[0],
+            "count-mismatch: the guest reports 5 pages mapped, the host traced 6"
         );
         assert!(
-            v.violations[1]
-                .message
-                .contains("1 H_STUFF_TCE calls, the host traced 2")
+            m[1].contains("4 H_PUT_TCE entries, the host traced 3"),
+            "{v}"
         );
+        assert!(
+            m[2].contains("1 H_STUFF_TCE calls, the host traced 2"),
+            "{v}"
+        );
+        // A kind the guest leaves out is a kind it says it never used.
+        assert!(m[3].contains("0 H_GET_TCE calls, the host traced 1"), "{v}");
         // Only what the guest reports is compared.
         assert!(compare_counts(&Counts::default(), &GuestCounts::default()).is_empty());
     }
@@ -1765,7 +1840,7 @@ spapr_iommu_xlate liobn=0x80000001 0x10010 -> 0x0 perm=0 mask=0xffffffff
         let v = secure(trace);
         assert_eq!(kinds(&v), vec![Kind::NotMapped], "{v}");
         assert_eq!(v.violations[0].line, 9);
-        let c = v.spaces[&Space::Tce { liobn: 0x8000_0001 }];
+        let c = &v.spaces[&Space::Tce { liobn: 0x8000_0001 }];
         assert_eq!((c.maps, c.translations, c.live_at_end), (3, 3, 0));
         // A reset drops the PHB's extra windows and keeps the default one (recreated empty).
         let v = plain(
@@ -1810,16 +1885,11 @@ virtio_iommu_unmap_done domain=1 virt_start=0x1000 virt_end=0x2fff
         };
         let v = run(VIOMMU_GOOD, &cfg);
         assert!(v.passed(), "{v}");
-        let c = v.spaces[&Space::ViommuDomain { domain: 1 }];
+        let c = &v.spaces[&Space::ViommuDomain { domain: 1 }];
+        assert_eq!((c.maps, c.unmaps, c.translations), (1, 1, 2));
         assert_eq!(
-            (
-                c.maps,
-                c.unmaps,
-                c.translations,
-                c.attach_requests,
-                c.unmap_requests
-            ),
-            (1, 1, 2, 1, 1)
+            [VIOMMU_ATTACH, VIOMMU_MAP, VIOMMU_UNMAP].map(|n| c.calls(n).calls),
+            [1, 1, 1]
         );
         // Unmapped too early: refused without a fault report (no event buffers), then with one.
         let early = format!(
