@@ -8,7 +8,8 @@
 use alloc::string::String;
 use alloc::vec::Vec;
 
-use crate::platform::decide::{LegacyPolicy, SecureMode};
+use crate::dma::tce::TceMode;
+use crate::platform::decide::{DmaChoice, LegacyPolicy, SecureMode};
 
 /// Every option the guest understands. `name`, the value syntax and what it does; the README
 /// table is generated from the same words by hand, keep them in step.
@@ -42,6 +43,21 @@ pub const OPTIONS: &[(&str, &str, &str)] = &[
         "sg.legacy_devices",
         "refuse|bounce",
         "secure guest, device without ACCESS_PLATFORM: refuse it (default) or bounce through the pool anyway",
+    ),
+    (
+        "sg.dma",
+        "auto|direct|bounce|iommu|iommu+bounce",
+        "the DMA path of every device: auto (default: iommu behind a translating IOMMU, iommu+bounce when also secure, else direct or bounce), or that path, an error for a device that cannot have it",
+    ),
+    (
+        "sg.tce",
+        "dynamic|ddw",
+        "pseries IOMMU: map each request in the default TCE window (dynamic), or create a DDW window mapping all RAM once (ddw, the default when the PHB offers DDW)",
+    ),
+    (
+        "sg.tce.batch",
+        "0|1",
+        "pseries dynamic TCE: write runs with H_PUT_TCE_INDIRECT and clear with H_STUFF_TCE (1, default), or one H_PUT_TCE per page (0)",
     ),
     (
         "sg.blk.read",
@@ -155,6 +171,12 @@ pub struct Options {
     pub swiotlb: u64,
     /// `sg.legacy_devices`.
     pub legacy_devices: LegacyPolicy,
+    /// `sg.dma`.
+    pub dma: DmaChoice,
+    /// `sg.tce`; `None`: the default (DDW when offered).
+    pub tce: Option<TceMode>,
+    /// `sg.tce.batch`.
+    pub tce_batch: bool,
     pub blk_read: BlkRead,
     pub blk_write: Option<BlkWrite>,
     pub blk_disk: u32,
@@ -180,6 +202,9 @@ impl Default for Options {
             secure: SecureMode::DEFAULT,
             swiotlb: SWIOTLB_DEFAULT,
             legacy_devices: LegacyPolicy::DEFAULT,
+            dma: DmaChoice::Auto,
+            tce: None,
+            tce_batch: true,
             blk_read: BlkRead::All,
             blk_write: None,
             blk_disk: 0,
@@ -373,6 +398,18 @@ pub fn parse(line: &[u8]) -> (Options, Vec<Diagnostic>) {
             "sg.legacy_devices" => match value.and_then(LegacyPolicy::parse) {
                 Some(p) => opts.legacy_devices = p,
                 None => malformed(LegacyPolicy::EXPECTED),
+            },
+            "sg.dma" => match value.and_then(DmaChoice::parse) {
+                Some(c) => opts.dma = c,
+                None => malformed(DmaChoice::EXPECTED),
+            },
+            "sg.tce" => match value.and_then(TceMode::parse) {
+                Some(m) => opts.tce = Some(m),
+                None => malformed(TceMode::EXPECTED),
+            },
+            "sg.tce.batch" => match boolean(value) {
+                Some(b) => opts.tce_batch = b,
+                None => malformed("0|1"),
             },
             "sg.blk.read" => match value.and_then(parse_blk_read) {
                 Some(r) => opts.blk_read = r,
@@ -653,6 +690,49 @@ mod tests {
                 Options::default(),
                 "{bad}: a malformed value changes nothing"
             );
+        }
+    }
+
+    #[test]
+    fn iommu_options() {
+        let (o, d) = parse(b"");
+        assert!(d.is_empty());
+        assert_eq!((o.dma, o.tce, o.tce_batch), (DmaChoice::Auto, None, true));
+        let (o, d) = parse(b"sg.dma=iommu+bounce sg.tce=dynamic sg.tce.batch=0");
+        assert!(d.is_empty(), "{d:?}");
+        assert_eq!(o.dma, DmaChoice::IommuBounce);
+        assert_eq!(o.tce, Some(TceMode::Dynamic));
+        assert!(!o.tce_batch);
+        let (o, _) = parse(b"sg.dma=direct sg.tce=ddw sg.tce.batch");
+        assert_eq!(
+            (o.dma, o.tce, o.tce_batch),
+            (DmaChoice::Direct, Some(TceMode::Ddw), true)
+        );
+        for (bad, expected) in [
+            ("sg.dma=iommu-bounce", DmaChoice::EXPECTED),
+            ("sg.dma", DmaChoice::EXPECTED),
+            ("sg.tce=static", TceMode::EXPECTED),
+            ("sg.tce", TceMode::EXPECTED),
+            ("sg.tce.batch=2", "0|1"),
+        ] {
+            let (o, d) = parse(bad.as_bytes());
+            assert_eq!(o, Options::default(), "{bad}");
+            match &d[..] {
+                [
+                    Diagnostic::Malformed {
+                        option,
+                        expected: e,
+                        ..
+                    },
+                ] => {
+                    assert_eq!(option, bad.split('=').next().unwrap());
+                    assert_eq!(*e, expected);
+                }
+                other => panic!("{bad}: {other:?}"),
+            }
+        }
+        for name in ["sg.dma", "sg.tce", "sg.tce.batch"] {
+            assert!(OPTIONS.iter().any(|(n, _, _)| *n == name), "{name}");
         }
     }
 

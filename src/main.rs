@@ -157,10 +157,27 @@ pub fn boot_main(info: BootInfo) -> ! {
         Some(b) => sec::secure_paths(&DIRECT, b, opts.legacy_devices),
         None => DmaPaths::direct(&DIRECT),
     };
+    // The IOMMU domains devices sit behind (pseries: each PHB's TCE window), set up when a
+    // device first needs one: over the pool on a secure guest, over private memory otherwise.
+    let pool_range = pool.as_ref().map(|b| {
+        let r = b.region();
+        (b as &dyn secure_guest::dma::Dma, r.phys, r.size)
+    });
+    let domains = match tree.as_ref() {
+        Some(t) => arch::iommu_domains(t, &opts, info.memory.ram_top(), &DIRECT, pool_range),
+        None => alloc::vec::Vec::new(),
+    };
+    let paths = paths.with(opts.dma, &domains);
 
-    // 7. virtio devices: each through its driver, one `virtio` record per device.
+    // 7. virtio devices: each through its driver, one `virtio` record per device; then each
+    //    IOMMU domain they used.
     if let Some(t) = tree.as_ref() {
         run_virtio_devices(t, &opts, info.tick_hz, paths);
+    }
+    for d in &domains {
+        if let Some(r) = devices::iommu_record(record("iommu"), d) {
+            r.end();
+        }
     }
 
     // 8. What the pool went through. It stays shared (and, with every device reset and every
@@ -303,7 +320,7 @@ fn run_virtio_devices(
     let clock = TickClock::new(arch::now_ticks, tick_hz);
     let mut runner = devices::Runner::new(paths, &clock, opts);
     for mut d in found {
-        let Some(report) = runner.run(&d.location, &mut *d.transport) else {
+        let Some(report) = runner.run_behind(&d.location, &mut *d.transport, d.iommu) else {
             continue;
         };
         if report.is_error() {

@@ -190,6 +190,7 @@ pub fn standard_expected(transport: Transport, ring: Ring) -> Expected {
         rng: true,
         iommu_platform: false,
         secure: None,
+        iommu: None,
     }
 }
 

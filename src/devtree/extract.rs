@@ -38,6 +38,8 @@ use alloc::vec::Vec;
 
 use fdt::node::FdtNode;
 
+use crate::dma::tce::{DdwTokens, TceWindow};
+
 use super::{DeviceTree, DtError, HvTerm, PciFunction, PciHostNode, RtasTokens, VirtioMmioNode};
 
 /// Most entries in each device list (virtio-mmio, PCI hosts, PCI functions, hvterm nodes).
@@ -62,7 +64,11 @@ struct Props<'a> {
     timebase: Option<&'a [u8]>,
     servers: Option<&'a [u8]>,
     bus_range: Option<&'a [u8]>,
-    dma_window: bool,
+    dma_window: Option<&'a [u8]>,
+    dma_address_cells: Option<&'a [u8]>,
+    dma_size_cells: Option<&'a [u8]>,
+    ddw_applicable: Option<&'a [u8]>,
+    ddw_extensions: Option<&'a [u8]>,
     vendor_id: Option<&'a [u8]>,
     device_id: Option<&'a [u8]>,
     class_code: Option<&'a [u8]>,
@@ -102,10 +108,11 @@ impl<'a> Props<'a> {
                 "bootargs" => &mut p.bootargs,
                 "stdout-path" => &mut p.stdout_path,
                 "linux,stdout-path" => &mut p.linux_stdout_path,
-                "ibm,dma-window" => {
-                    p.dma_window = true;
-                    continue;
-                }
+                "ibm,dma-window" => &mut p.dma_window,
+                "ibm,#dma-address-cells" => &mut p.dma_address_cells,
+                "ibm,#dma-size-cells" => &mut p.dma_size_cells,
+                "ibm,ddw-applicable" => &mut p.ddw_applicable,
+                "ibm,ddw-extensions" => &mut p.ddw_extensions,
                 name => match RTAS_NAMES.iter().position(|n| *n == name) {
                     Some(i) => &mut p.rtas[i],
                     None => continue,
@@ -563,7 +570,13 @@ impl<'d> Walker<'d, '_> {
                 path: self.path.clone(),
                 compatible: p.compatible.and_then(|c| strings(c).next()).map(to_string),
                 bus_range,
-                has_dma_window: p.dma_window,
+                has_dma_window: p.dma_window.is_some(),
+                tce_window: p
+                    .dma_window
+                    .map(|w| TceWindow::parse(w, p.dma_address_cells, p.dma_size_cells)),
+                ddw: p
+                    .ddw_applicable
+                    .map(|a| DdwTokens::parse(a, p.ddw_extensions)),
             };
             push_capped(
                 &mut f.tree.pci_hosts,

@@ -18,6 +18,7 @@
 
 mod flatten;
 mod hcall;
+mod iommu;
 mod of;
 mod pci;
 mod secure;
@@ -42,6 +43,7 @@ use crate::console::FixedBuf;
 use flatten::{Found, Walker};
 use of::Of;
 
+pub use iommu::iommu_domains;
 pub use virtio::virtio_devices;
 /// For a device flow that forces legacy virtio-pci (`ProbeOptions`); unused until one does.
 #[allow(unused_imports)]

@@ -100,6 +100,17 @@ pub fn power_off(verdict: Verdict) -> ! {
 /// (`crate::early_fatal`).
 pub fn report_early_errors() {}
 
+/// The IOMMU domains devices sit behind: none yet on x86_64 (virtio-iommu and VT-d are to come).
+pub fn iommu_domains<'a>(
+    _tree: &DeviceTree,
+    _opts: &secure_guest::cmdline::Options,
+    _ram_top: u64,
+    _direct: &'a dyn secure_guest::dma::Dma,
+    _pool: Option<(&'a dyn secure_guest::dma::Dma, u64, u64)>,
+) -> alloc::vec::Vec<secure_guest::dma::iommu::LazyDomain<'a>> {
+    alloc::vec::Vec::new()
+}
+
 pub fn arch_devices(tree: &mut DeviceTree) {
     let machine = MACHINE.get().copied().unwrap_or("unknown");
     if machine == "q35" || machine == "pc" {

@@ -126,6 +126,7 @@ pub fn virtio_devices_with(
             Ok(Some(t)) => found.push(FoundDevice {
                 location: node.path.clone(),
                 transport: Box::new(t),
+                iommu: None,
             }),
             Ok(None) => {}
             Err(why) => skipped.push((node.path.clone(), why)),
@@ -137,6 +138,7 @@ pub fn virtio_devices_with(
             Ok(t) => found.push(FoundDevice {
                 location: format!("{at}"),
                 transport: t.into_transport(),
+                iommu: None,
             }),
             Err(e) => skipped.push((format!("{at}"), format!("{e}"))),
         }
