@@ -31,8 +31,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
-use crate::config::Arch;
-use crate::report::{Record, Secure, Swiotlb, Virtio};
+use crate::config::{Arch, Firmware};
+use crate::report::{Hex, Record, Secure, Swiotlb, Virtio};
 use crate::run::RunResult;
 use crate::trace::{Bdf, Event, TraceLog};
 
@@ -111,6 +111,8 @@ pub enum Kind {
     CountMismatch,
     /// Devices moved data, but no access went through the IOMMU.
     NoTranslations,
+    /// Mappings a firmware left in place when the guest began: the device can still reach them.
+    Stale,
     /// The trace cannot be read, or holds a modelled event the parser cannot read.
     Unreadable,
 }
@@ -127,6 +129,7 @@ impl Kind {
             Kind::RequestFailed => "request-failed",
             Kind::CountMismatch => "count-mismatch",
             Kind::NoTranslations => "no-translations",
+            Kind::Stale => "stale",
             Kind::Unreadable => "unreadable",
         }
     }
@@ -261,6 +264,12 @@ pub struct Config {
     pub iommu_devices: Vec<Bdf>,
     /// How many violations the verdict keeps.
     pub reported: usize,
+    /// The trace line where the guest's own IOMMU work begins (0: the first). The events before
+    /// it are a firmware's (SLOF drives its virtio devices through the TCE window before the
+    /// guest runs): they are replayed, so that the model knows what they left mapped, but not
+    /// checked or counted; whatever they left mapped when the guest begins is a violation
+    /// ([`Kind::Stale`]). [`guest_start_line`] finds it.
+    pub start_line: usize,
 }
 
 impl Default for Config {
@@ -270,6 +279,7 @@ impl Default for Config {
             expect_translations: false,
             iommu_devices: Vec::new(),
             reported: DEFAULT_REPORTED,
+            start_line: 0,
         }
     }
 }
@@ -287,6 +297,9 @@ pub struct Verdict {
     pub devices: BTreeMap<Bdf, bool>,
     /// The trace log's [`TraceLog::summary`].
     pub trace_summary: String,
+    /// What happened before [`Config::start_line`] (a firmware's work), all spaces together.
+    pub firmware: Counts,
+    pub start_line: usize,
     reported: usize,
     seen: BTreeSet<(Kind, Option<Space>, Option<u64>)>,
 }
@@ -397,6 +410,19 @@ impl fmt::Display for Verdict {
                 c.maps, c.unmaps, c.translations, c.faults, c.live_at_end
             )?;
         }
+        if self.start_line > 0 {
+            let fw = &self.firmware;
+            writeln!(
+                f,
+                "  before the guest (trace lines 1..{}, not checked): {} maps, {} unmaps, {} \
+                 translations, {} calls",
+                self.start_line,
+                fw.maps,
+                fw.unmaps,
+                fw.translations,
+                fw.calls.values().map(|c| c.calls).sum::<u64>()
+            )?;
+        }
         for v in &self.violations {
             writeln!(f, "  {v}")?;
         }
@@ -430,6 +456,9 @@ pub struct GuestCounts {
     /// Every kind of call it made. When the list is not empty, a kind the host saw and the
     /// guest does not list counts as 0 calls for the guest.
     pub calls: Vec<GuestCalls>,
+    /// IOMMU pages (mappings) still mapped when the guest reported, against the host's
+    /// [`Counts::live_at_end`].
+    pub live_pages: Option<u64>,
 }
 
 /// Each count the guest gives against the host's: a [`Kind::CountMismatch`] per difference.
@@ -452,6 +481,9 @@ pub fn compare_counts(host: &Counts, guest: &GuestCounts) -> Vec<Violation> {
     }
     if let Some(g) = guest.unmaps {
         differ("pages unmapped".into(), g, host.unmaps);
+    }
+    if let Some(g) = guest.live_pages {
+        differ("pages still mapped at the end".into(), g, host.live_at_end);
     }
     for g in &guest.calls {
         let h = host.calls(&g.name);
@@ -520,17 +552,122 @@ pub fn config_for(records: &[Record], arch: Arch) -> Config {
             Arch::Ppc64le => Vec::new(),
         },
         reported: DEFAULT_REPORTED,
+        start_line: 0,
     }
 }
 
-/// The IOMMU counts the guest reports, summed over its `virtio` records. None yet: the guest's
-/// IOMMU paths add them (docs/report.md); until then nothing is compared.
-pub fn guest_counts(_records: &[Record]) -> GuestCounts {
-    GuestCounts::default()
+/// One IOMMU domain as the guest reports it: an `iommu` record (docs/report.md).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GuestDomain {
+    /// The record's `location` (pseries: the PHB's device-tree path).
+    pub location: String,
+    /// The host's name for the domain: backend `tce` → the TCE window whose LIOBN is `domain`.
+    /// `None` for a backend the oracle does not know.
+    pub space: Option<Space>,
+    /// Its calls by kind and the pages still mapped.
+    pub counts: GuestCounts,
 }
 
-/// The oracle over a traced run: [`check`] of its trace with [`config_for`] its report, and
-/// [`compare_counts`] against [`guest_counts`]. A run without a trace fails.
+/// The fields of the guest's `iommu` object the oracle reads.
+#[derive(serde::Deserialize)]
+struct GuestIommu {
+    backend: String,
+    domain: Hex,
+    pages: u64,
+    calls_by_kind: BTreeMap<String, GuestKind>,
+}
+
+#[derive(serde::Deserialize)]
+struct GuestKind {
+    calls: u64,
+    entries: u64,
+}
+
+/// Every domain the guest reports in an `iommu` record with `result` `ok` (a domain that failed
+/// to set up has no counts; its device fails).
+pub fn guest_domains(records: &[Record]) -> Vec<GuestDomain> {
+    records
+        .iter()
+        .filter(|r| r.event == "iommu" && r.get("result").and_then(|v| v.as_str()) == Some("ok"))
+        .filter_map(|r| {
+            let io: GuestIommu = serde_json::from_value(r.get("iommu")?.clone()).ok()?;
+            let space = match io.backend.as_str() {
+                "tce" => Some(Space::Tce { liobn: io.domain.0 }),
+                "virtio-iommu" => u32::try_from(io.domain.0)
+                    .ok()
+                    .map(|domain| Space::ViommuDomain { domain }),
+                _ => None,
+            };
+            Some(GuestDomain {
+                location: r
+                    .get("location")
+                    .and_then(|v| v.as_str())
+                    .unwrap_or_default()
+                    .to_string(),
+                space,
+                counts: GuestCounts {
+                    maps: None,
+                    unmaps: None,
+                    calls: io
+                        .calls_by_kind
+                        .into_iter()
+                        .map(|(name, k)| GuestCalls {
+                            name,
+                            calls: k.calls,
+                            entries: Some(k.entries),
+                        })
+                        .collect(),
+                    live_pages: Some(io.pages),
+                },
+            })
+        })
+        .collect()
+}
+
+impl Verdict {
+    /// Each domain the guest reports against the host's counts of that space, and every space
+    /// where the host saw calls that no reported domain accounts for.
+    pub fn compare_domains(&mut self, domains: &[GuestDomain]) {
+        let mut found = Vec::new();
+        for d in domains {
+            let Some(space) = d.space else { continue };
+            found.push(space);
+            let host = self.spaces.get(&space).cloned().unwrap_or_default();
+            for mut x in compare_counts(&host, &d.counts) {
+                x.space = Some(space);
+                x.message = format!(
+                    "{} (`iommu` record of {}): {}",
+                    space, d.location, x.message
+                );
+                self.push(x);
+            }
+        }
+        let unaccounted: Vec<(Space, u64)> = self
+            .spaces
+            .iter()
+            .filter(|(s, _)| !found.contains(s))
+            .map(|(s, c)| (*s, c.calls.values().map(|k| k.calls).sum::<u64>()))
+            .filter(|(_, n)| *n > 0)
+            .collect();
+        for (space, n) in unaccounted {
+            self.push(Violation {
+                line: 0,
+                kind: Kind::CountMismatch,
+                space: Some(space),
+                iova: None,
+                phys: None,
+                message: format!(
+                    "the host traced {n} calls on {space}, but the guest reports no `iommu` \
+                     record for it"
+                ),
+            });
+        }
+    }
+}
+
+/// The oracle over a traced run: [`check`] of its trace with [`config_for`] its report, and the
+/// host's counts against the guest's `iommu` records ([`Verdict::compare_domains`]). Under SLOF
+/// the firmware's own TCE work is set apart ([`guest_start_line`]). A run without a trace fails.
 pub fn check_run(run: &RunResult) -> Verdict {
     let cfg = config_for(&run.records, run.config.arch);
     let Some(log) = &run.trace else {
@@ -551,8 +688,14 @@ pub fn check_run(run: &RunResult) -> Verdict {
         });
         return v;
     };
+    let domains = guest_domains(&run.records);
+    // SLOF drives the virtio devices it finds through the TCE window before the guest runs.
+    let mut cfg = cfg;
+    if run.config.effective_firmware() == Some(Firmware::Slof) {
+        cfg.start_line = guest_start_line(log, &domains);
+    }
     let mut v = check(log, &cfg);
-    v.compare_counts(&guest_counts(&run.records));
+    v.compare_domains(&domains);
     v
 }
 
@@ -632,6 +775,8 @@ struct Replay<'a> {
     viommu_unmapped: BTreeMap<(u32, u64), (u64, usize)>,
     endpoints: BTreeMap<u32, u32>,
     pending: Vec<Pending>,
+    /// Past [`Config::start_line`]: events are checked and counted.
+    checking: bool,
 }
 
 /// Replays `log` and checks it (see the module doc).
@@ -641,6 +786,7 @@ pub fn check(log: &TraceLog, cfg: &Config) -> Verdict {
         v: Verdict {
             reported: cfg.reported,
             trace_summary: log.summary(),
+            start_line: cfg.start_line,
             ..Default::default()
         },
         windows: BTreeMap::new(),
@@ -648,6 +794,7 @@ pub fn check(log: &TraceLog, cfg: &Config) -> Verdict {
         viommu_unmapped: BTreeMap::new(),
         endpoints: BTreeMap::new(),
         pending: Vec::new(),
+        checking: true,
     };
     if let Some(p) = &log.problem {
         r.violation(0, Kind::Unreadable, None, None, None, p.clone());
@@ -673,15 +820,93 @@ pub fn check(log: &TraceLog, cfg: &Config) -> Verdict {
             "a modelled event the parser cannot read".into(),
         );
     }
+    r.checking = cfg.start_line == 0;
     for t in &log.events {
+        if !r.checking && t.line >= cfg.start_line {
+            r.checking = true;
+            r.guest_begins(t.line);
+        }
         r.event(t.line, &t.event);
     }
     r.finish()
 }
 
+/// Where the guest's own IOMMU work begins in `log`, when a firmware may have used the IOMMU
+/// first: the guest's calls are the last ones on each TCE window it reports (nothing runs after
+/// the guest), as many as its `iommu` record counts, so its first call on a window is the host's
+/// call number `host - guest` there; the guest begins at the earliest of those. A window the
+/// guest reports no calls on gives nothing; when no window does, the guest begins after the last
+/// TCE call. The counts themselves are compared afterwards ([`Verdict::compare_domains`]): a
+/// guest that under-reports moves its start later, and what it then seems to leave unaccounted
+/// shows as a count mismatch, or as firmware mappings left live ([`Kind::Stale`]).
+pub fn guest_start_line(log: &TraceLog, domains: &[GuestDomain]) -> usize {
+    let mut calls: BTreeMap<u64, Vec<usize>> = BTreeMap::new();
+    for t in &log.events {
+        let liobn = match &t.event {
+            Event::TcePut { liobn, .. }
+            | Event::TceIndirect { liobn, .. }
+            | Event::TceStuff { liobn, .. }
+            | Event::TceGet { liobn, .. } => *liobn,
+            _ => continue,
+        };
+        calls.entry(liobn).or_default().push(t.line);
+    }
+    let mut start: Option<usize> = None;
+    for d in domains {
+        let Some(Space::Tce { liobn }) = d.space else {
+            continue;
+        };
+        let guest: u64 = d.counts.calls.iter().map(|c| c.calls).sum();
+        let host = calls.get(&liobn).map_or(&[][..], Vec::as_slice);
+        if guest == 0 || host.is_empty() {
+            continue;
+        }
+        let first = host
+            .len()
+            .saturating_sub(usize::try_from(guest).unwrap_or(usize::MAX));
+        let line = host[first];
+        start = Some(start.map_or(line, |s| s.min(line)));
+    }
+    start.unwrap_or_else(|| calls.values().flatten().max().map_or(0, |l| l + 1))
+}
+
 impl Replay<'_> {
     fn counts(&mut self, s: Space) -> &mut Counts {
-        self.v.spaces.entry(s).or_default()
+        if self.checking {
+            self.v.spaces.entry(s).or_default()
+        } else {
+            &mut self.v.firmware
+        }
+    }
+
+    /// The guest's first event: every TCE page still mapped now is the firmware's.
+    fn guest_begins(&mut self, line: usize) {
+        let stale: Vec<(u64, usize, u64, Option<u64>)> = self
+            .windows
+            .iter()
+            .filter_map(|(liobn, w)| {
+                let (idx, p) = w.pages.iter().next()?;
+                Some((
+                    *liobn,
+                    w.pages.len(),
+                    idx * w.page_size() + w.bus_offset,
+                    p.phys,
+                ))
+            })
+            .collect();
+        for (liobn, n, iova, phys) in stale {
+            self.violation(
+                line,
+                Kind::Stale,
+                Some(Space::Tce { liobn }),
+                Some(iova),
+                phys,
+                format!(
+                    "{n} page(s) the firmware mapped are still mapped when the guest begins \
+                     (the first is shown): the device can reach them"
+                ),
+            );
+        }
     }
 
     fn violation(
@@ -693,6 +918,9 @@ impl Replay<'_> {
         phys: Option<u64>,
         message: String,
     ) {
+        if !self.checking {
+            return;
+        }
         self.v.push(Violation {
             line,
             kind,
@@ -1489,6 +1717,7 @@ impl Replay<'_> {
     }
 
     fn finish(mut self) -> Verdict {
+        self.checking = true;
         // Translations that never got their translate_out nor a fault report.
         for p in std::mem::take(&mut self.pending) {
             match p.domain {
@@ -1644,6 +1873,7 @@ spapr_iommu_pci_stuff liobn=0x80000000 ioba=0x14000 tcevalue=0x0 npages=4 ret=0
                 guest_calls(H_STUFF_TCE, 2, Some(262_148)),
                 guest_calls(H_GET_TCE, 1, Some(1)),
             ],
+            live_pages: Some(1),
         };
         let mut v2 = v.clone();
         v2.compare_counts(&guest);
@@ -1767,25 +1997,182 @@ spapr_iommu_pci_put liobn=0x80000000 ioba=0x3000 tce=0x1400003 ret=0
                 guest_calls(H_STUFF_TCE, 1, None),
                 guest_calls(H_PUT_TCE_INDIRECT, 1, None),
             ],
+            live_pages: Some(2),
         });
-        assert_eq!(kinds(&v), vec![Kind::CountMismatch; 4], "{v}");
+        assert_eq!(kinds(&v), vec![Kind::CountMismatch; 5], "{v}");
         let m: Vec<String> = v.violations.iter().map(|x| x.to_string()).collect();
         assert_eq!(
             m[0],
             "count-mismatch: the guest reports 5 pages mapped, the host traced 6"
         );
         assert!(
-            m[1].contains("4 H_PUT_TCE entries, the host traced 3"),
+            m[1].contains("2 pages still mapped at the end, the host traced 1"),
             "{v}"
         );
         assert!(
-            m[2].contains("1 H_STUFF_TCE calls, the host traced 2"),
+            m[2].contains("4 H_PUT_TCE entries, the host traced 3"),
+            "{v}"
+        );
+        assert!(
+            m[3].contains("1 H_STUFF_TCE calls, the host traced 2"),
             "{v}"
         );
         // A kind the guest leaves out is a kind it says it never used.
-        assert!(m[3].contains("0 H_GET_TCE calls, the host traced 1"), "{v}");
+        assert!(m[4].contains("0 H_GET_TCE calls, the host traced 1"), "{v}");
         // Only what the guest reports is compared.
         assert!(compare_counts(&Counts::default(), &GuestCounts::default()).is_empty());
+    }
+
+    /// The guest's `iommu` record (as the pseries guest writes it) against the host's counts of
+    /// its TCE window.
+    #[test]
+    fn guest_domains_against_the_host() {
+        let record = |calls_put: u64, pages: u64| {
+            format!(
+                r#"@sg {{"event":"iommu","v":1,"location":"/pci@800000020000000","result":"ok","iommu":{{"backend":"tce","mode":"dynamic","mode_reason":"sg.tce=dynamic","mapping":"per-map","domain":"0x80000000","window_base":"0x0","window_size":1073741824,"page_size":4096,"dma_maps":1,"dma_unmaps":1,"maps":4,"unmaps":4,"calls":8,"failures":0,"exhausted":0,"pages":{pages},"pages_peak":4,"calls_by_kind":{{"H_PUT_TCE":{{"calls":{calls_put},"entries":{calls_put}}},"H_PUT_TCE_INDIRECT":{{"calls":0,"entries":0}},"H_STUFF_TCE":{{"calls":4,"entries":4}}}}}}}}"#
+            )
+        };
+        let trace = "\
+spapr_iommu_pci_put liobn=0x80000000 ioba=0x1000 tce=0x548003 ret=0
+spapr_iommu_pci_put liobn=0x80000000 ioba=0x2000 tce=0x549003 ret=0
+spapr_iommu_pci_put liobn=0x80000000 ioba=0x3000 tce=0x54a003 ret=0
+spapr_iommu_pci_put liobn=0x80000000 ioba=0x4000 tce=0x503002 ret=0
+spapr_iommu_pci_stuff liobn=0x80000000 ioba=0x2000 tcevalue=0x0 npages=1 ret=0
+spapr_iommu_pci_stuff liobn=0x80000000 ioba=0x3000 tcevalue=0x0 npages=1 ret=0
+spapr_iommu_pci_stuff liobn=0x80000000 ioba=0x4000 tcevalue=0x0 npages=1 ret=0
+spapr_iommu_pci_stuff liobn=0x80000000 ioba=0x5000 tcevalue=0x0 npages=1 ret=0
+";
+        let domains = |line: String| {
+            // One record alone: only "the first record is not `boot`" may be wrong with it.
+            let report = crate::report::Report::parse(format!("{line}\n").as_bytes());
+            assert_eq!(report.records.len(), 1, "{:?}", report.errors);
+            guest_domains(&report.records)
+        };
+        let good = domains(record(4, 0));
+        assert_eq!(good.len(), 1);
+        assert_eq!(good[0].space, Some(Space::Tce { liobn: L }));
+        assert_eq!(good[0].location, "/pci@800000020000000");
+        let mut v = plain(trace);
+        v.compare_domains(&good);
+        assert!(v.passed(), "{v}");
+        // The guest under-reports its H_PUT_TCE calls and a page it left mapped.
+        let mut v = plain(trace);
+        v.compare_domains(&domains(record(3, 1)));
+        assert_eq!(kinds(&v), vec![Kind::CountMismatch; 3], "{v}");
+        assert!(
+            v.violations[0].message.starts_with(
+                "TCE liobn 0x80000000 (`iommu` record of /pci@800000020000000): the guest reports \
+                 1 pages still mapped"
+            ),
+            "{v}"
+        );
+        // Calls on a window no record accounts for.
+        let mut v = plain(&format!(
+            "{trace}spapr_iommu_pci_put liobn=0x80000001 ioba=0x0 tce=0x0 ret=0\n"
+        ));
+        v.compare_domains(&good);
+        assert_eq!(kinds(&v), vec![Kind::CountMismatch], "{v}");
+        assert!(v.violations[0].message.contains("no `iommu` record"), "{v}");
+        let mut v = plain(trace);
+        v.compare_domains(&[]);
+        assert_eq!(kinds(&v), vec![Kind::CountMismatch], "{v}");
+        // A failed domain has no counts.
+        assert!(
+            domains(
+                r#"@sg {"event":"iommu","v":1,"location":"/pci@1","result":"error","error":"x"}"#
+                    .into()
+            )
+            .is_empty()
+        );
+    }
+
+    /// A firmware (SLOF) maps and unmaps in the window before the guest: the guest's calls are
+    /// the last ones, as many as it reports, and only they are checked and counted.
+    #[test]
+    fn firmware_work_before_the_guest_is_set_apart() {
+        let firmware = "\
+spapr_iommu_new_table liobn=0x80000000 table=0x1 fd=-1
+spapr_iommu_pci_put liobn=0x80000000 ioba=0x1000 tce=0x1e370003 ret=0
+spapr_iommu_xlate liobn=0x80000000 0x1000 -> 0x1e370000 perm=3 mask=0xfff
+spapr_iommu_pci_put liobn=0x80000000 ioba=0x2000 tce=0x1e371003 ret=0
+spapr_iommu_pci_put liobn=0x80000000 ioba=0x1000 tce=0x0 ret=0
+";
+        let guest = "\
+spapr_iommu_pci_indirect liobn=0x80000000 ioba=0x1000000 tcelist=0x1000000 iobaN=0x1 tceN=0x1001003 ret=0
+spapr_iommu_xlate liobn=0x80000000 0x1000010 -> 0x1000000 perm=3 mask=0xfff
+";
+        let domain = |indirect: u64| GuestDomain {
+            location: "/pci@800000020000000".into(),
+            space: Some(Space::Tce { liobn: L }),
+            counts: GuestCounts {
+                maps: None,
+                unmaps: None,
+                calls: vec![
+                    guest_calls(H_PUT_TCE, 0, Some(0)),
+                    guest_calls(H_PUT_TCE_INDIRECT, indirect, Some(2 * indirect)),
+                    guest_calls(H_STUFF_TCE, 0, Some(0)),
+                ],
+                live_pages: Some(2),
+            },
+        };
+        let cfg_for = |trace: &str, d: &[GuestDomain]| Config {
+            pool: Some(vec![PhysRange {
+                base: 0x100_0000,
+                size: 0x40_0000,
+            }]),
+            expect_translations: true,
+            start_line: guest_start_line(&TraceLog::parse(trace.as_bytes()), d),
+            ..Default::default()
+        };
+        // The firmware left page 0x2000 mapped: the guest begins at its indirect (line 6).
+        let trace = format!("{firmware}{guest}");
+        let d = [domain(1)];
+        let cfg = cfg_for(&trace, &d);
+        assert_eq!(cfg.start_line, 6);
+        let mut v = run(&trace, &cfg);
+        v.compare_domains(&d);
+        assert_eq!(kinds(&v), vec![Kind::Stale, Kind::CountMismatch], "{v}");
+        assert_eq!(v.violations[0].iova, Some(0x2000));
+        assert_eq!(v.violations[0].phys, Some(0x1e37_1000));
+        assert!(
+            v.violations[1]
+                .message
+                .contains("2 pages still mapped at the end, the host traced 3")
+        );
+        assert_eq!(v.firmware.calls(H_PUT_TCE).calls, 3);
+        assert_eq!(v.firmware.translations, 1);
+        assert!(
+            v.to_string()
+                .contains("before the guest (trace lines 1..6, not checked)"),
+            "{v}"
+        );
+        // The firmware cleans up: the guest's part passes, outside-pool firmware pages and all.
+        let tidy = format!(
+            "{firmware}spapr_iommu_pci_put liobn=0x80000000 ioba=0x2000 tce=0x0 ret=0\n{guest}"
+        );
+        let cfg = cfg_for(&tidy, &d);
+        assert_eq!(cfg.start_line, 7);
+        let mut v = run(&tidy, &cfg);
+        v.compare_domains(&d);
+        assert!(v.passed(), "{v}");
+        assert_eq!(v.spaces[&Space::Tce { liobn: L }].calls(H_PUT_TCE).calls, 0);
+        // Without the split, the firmware's pages outside the pool and its calls fail the run.
+        let mut v = run(
+            &tidy,
+            &Config {
+                start_line: 0,
+                ..cfg
+            },
+        );
+        v.compare_domains(&d);
+        assert_eq!(v.count(Kind::OutsidePool), 3, "{v}");
+        assert!(v.count(Kind::CountMismatch) > 0, "{v}");
+        // A guest that reports nothing begins after the last TCE call; no calls at all: at 0.
+        let log = TraceLog::parse(tidy.as_bytes());
+        assert_eq!(guest_start_line(&log, &[]), 8);
+        assert_eq!(guest_start_line(&TraceLog::default(), &d), 0);
+        // More calls reported than traced: the guest began with the first one.
+        assert_eq!(guest_start_line(&log, &[domain(9)]), 2);
     }
 
     #[test]

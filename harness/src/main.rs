@@ -160,6 +160,13 @@ struct MatrixArgs {
     /// release): every cell that bounces data must FAIL the memory oracle.
     #[arg(long, requires = "secure")]
     leak: bool,
+    /// IOMMU cells: pseries pci-modern devices get iommu_platform=on and sit behind the PHB's
+    /// TCE IOMMU with sg.tce=MODE (dynamic: each request mapped in the default window; ddw: all
+    /// RAM, or with --secure emulate the pool, mapped once in a DDW window). QEMU traces the TCE
+    /// hypercalls and every device access, and the IOMMU trace oracle checks them. Cells without
+    /// a TCE IOMMU are skipped.
+    #[arg(long)]
+    tce: Option<matrix::TceMode>,
 }
 
 /// `4096`, `0x1000`, `64K`, `4M`, `1G`.
@@ -490,23 +497,6 @@ fn print_outcome(r: &RunResult, what: &str, good: bool) {
 }
 
 fn run_matrix(m: MatrixArgs) -> Result<bool> {
-    let planned = matrix::filter(matrix::plan(m.all_slof), &m.filter);
-    if planned.is_empty() {
-        bail!("no cell matches {:?} (see --list)", m.filter);
-    }
-    if m.list {
-        for p in &planned {
-            match &p.skip {
-                None => println!("{}", p.cell),
-                Some(why) => println!("{}  (skip: {why})", p.cell),
-            }
-        }
-        return Ok(true);
-    }
-    let jobs = m
-        .jobs
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
-        .max(1);
     if let Some(t) = m.timeout
         && !(t.is_finite() && t > 0.0)
     {
@@ -527,7 +517,26 @@ fn run_matrix(m: MatrixArgs) -> Result<bool> {
             leak: m.leak,
             pool_size: None,
         }),
+        tce: m.tce,
     };
+    let planned = matrix::filter(matrix::plan(m.all_slof), &m.filter);
+    if planned.is_empty() {
+        bail!("no cell matches {:?} (see --list)", m.filter);
+    }
+    let planned = matrix::apply_options(planned, &opts);
+    if m.list {
+        for p in &planned {
+            match &p.skip {
+                None => println!("{}", p.cell),
+                Some(why) => println!("{}  (skip: {why})", p.cell),
+            }
+        }
+        return Ok(true);
+    }
+    let jobs = m
+        .jobs
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .max(1);
     let width = planned
         .iter()
         .map(|p| p.cell.name().len())
