@@ -558,6 +558,7 @@ fn setup<'a>(
         phb,
         mode,
         batch: true,
+        debug: Default::default(),
         target,
         calls: Calls(hv.clone()),
         rtas: FakeRtas(hv.clone()),
