@@ -231,11 +231,7 @@ fn erase<S>(r: DriverRun<S>, wrap: fn(S) -> Specific) -> DriverRun<Specific> {
 
 /// The fields of an IOMMU domain and its counts, inside an object (the `iommu` object of a
 /// `virtio` record, and the `iommu` record): docs/report.md.
-pub fn iommu_fields<W: fmt::Write>(
-    j: &mut crate::report::Json<'_, W>,
-    info: &DomainInfo,
-    s: &IommuStats,
-) {
+pub fn iommu_fields(j: &mut crate::report::Json<'_>, info: &DomainInfo, s: &IommuStats) {
     for (k, v) in [
         ("backend", info.backend),
         ("mode", info.mode),
@@ -279,13 +275,14 @@ pub fn iommu_fields<W: fmt::Write>(
     j.end_object();
 }
 
-/// The `iommu` record of a domain that devices asked for (`None` when none did): where it is,
-/// whether its setup worked, and its totals (setup included; `pages_peak` over the whole run).
-pub fn iommu_record<W: fmt::Write>(r: Record<W>, lazy: &LazyDomain<'_>) -> Option<Record<W>> {
-    let state = lazy.state()?;
+/// The `iommu` record of a domain: where it is, whether its setup worked, and its totals
+/// (setup included; `pages_peak` over the whole run). Only for a domain some device asked for
+/// (`LazyDomain::state` is `Some`; a record is written as soon as it is started).
+pub fn iommu_record<W: fmt::Write>(r: Record<W>, lazy: &LazyDomain<'_>) -> Record<W> {
     let r = r.str("location", &lazy.location);
-    Some(match state {
-        Ok(d) => {
+    match lazy.state() {
+        None => r.str("result", "unused"),
+        Some(Ok(d)) => {
             let mut s = d.iommu_stats();
             s.pages_peak = crate::dma::Dma::stats(d).iommu_pages_peak;
             r.str("result", "ok").json("iommu", |j| {
@@ -294,8 +291,8 @@ pub fn iommu_record<W: fmt::Write>(r: Record<W>, lazy: &LazyDomain<'_>) -> Optio
                 j.end_object();
             })
         }
-        Err(e) => r.str("result", "error").str("error", &format!("{e}")),
-    })
+        Some(Err(e)) => r.str("result", "error").str("error", &format!("{e}")),
+    }
 }
 
 /// The report's name of a feature bit: the spec's name without `VIRTIO_F_` for the transport
@@ -311,7 +308,7 @@ pub fn report_feature_name(name: &'static str) -> &'static str {
 pub fn virtio_record<W: fmt::Write>(r: Record<W>, d: &DeviceReport) -> Record<W> {
     let ty = DeviceType(d.device_id);
     let names = |word: u64| {
-        move |j: &mut crate::report::Json<'_, W>| {
+        move |j: &mut crate::report::Json<'_>| {
             j.begin_array();
             for n in feature_names(ty, word) {
                 j.str(report_feature_name(n));
@@ -383,6 +380,7 @@ pub fn virtio_record<W: fmt::Write>(r: Record<W>, d: &DeviceReport) -> Record<W>
             })
             .u64("read_bytes", b.read_bytes)
             .hex("read_crc32c", b.read_crc32c.into())
+            .u64("read_us", b.read_us)
             .json("write", |j| match &b.write {
                 Some((w, crc)) => {
                     j.begin_object();

@@ -263,27 +263,36 @@ fn slof_dynamic() {
     assert_eq!(u(&total, "pages"), 0);
 }
 
+/// A VOF boot of small disks (`iommu_platform` on or off each), with `append`.
+fn disks(dir: &TempDir, append: &str, iommu: &[&str], extra: &[&str]) -> RunResult {
+    let mut config = QemuConfig::new(Machine::Pseries).unwrap();
+    config.kernel = image();
+    config.firmware = Some(Firmware::Vof);
+    config.append = Some(append.into());
+    for (i, on) in iommu.iter().enumerate() {
+        let file = dir.0.join(format!("d{i}.img"));
+        std::fs::write(&file, vec![0x5a; 64 << 10]).unwrap();
+        config.extra_args.extend([
+            "-drive".into(),
+            format!("file={},if=none,id=d{i},format=raw", file.display()),
+            "-device".into(),
+            format!("virtio-blk-pci,drive=d{i},disable-legacy=on,iommu_platform={on}"),
+        ]);
+    }
+    config
+        .extra_args
+        .extend(extra.iter().map(|s| s.to_string()));
+    let run = harness::run_in(&config, &dir.0).unwrap();
+    assert!(run.protocol_errors.is_empty(), "{run}");
+    run
+}
+
 /// `sg.dma=iommu` with one disk behind the IOMMU and one without `iommu_platform` (which
 /// bypasses it): the first works, the second is an error record, and the run fails.
 #[test]
 fn an_impossible_sg_dma_fails_the_device() {
-    let dir = tempdir();
-    let mut config = QemuConfig::new(Machine::Pseries).unwrap();
-    config.kernel = image();
-    config.firmware = Some(Firmware::Vof);
-    config.append = Some("sg.dma=iommu sg.tce=dynamic".into());
-    for (id, iommu) in [("d0", "on"), ("d1", "off")] {
-        let file = dir.0.join(format!("{id}.img"));
-        std::fs::write(&file, vec![0x5a; 64 << 10]).unwrap();
-        config.extra_args.extend([
-            "-drive".into(),
-            format!("file={},if=none,id={id},format=raw", file.display()),
-            "-device".into(),
-            format!("virtio-blk-pci,drive={id},disable-legacy=on,iommu_platform={iommu}"),
-        ]);
-    }
-    let run = harness::run_in(&config, &dir.0).unwrap();
-    assert!(run.protocol_errors.is_empty(), "{run}");
+    let dir = tempdir("dma");
+    let run = disks(&dir, "sg.dma=iommu sg.tce=dynamic", &["on", "off"], &[]);
     assert_eq!(run.verdict, harness::Outcome::Fail, "{run}");
     let v: Vec<harness::report::Virtio> = run.all();
     assert_eq!(v.len(), 2, "{run}");
@@ -316,11 +325,33 @@ fn an_impossible_sg_dma_fails_the_device() {
     assert_eq!(run.end().unwrap().errors, 1);
 }
 
+/// A PHB without DDW (QEMU `ddw=off`): the default falls back to dynamic TCE and says so; an
+/// explicit `sg.tce=ddw` is a failed setup, the error of the device and of the `iommu` record.
+#[test]
+fn a_phb_without_ddw() {
+    let no_ddw = ["-global", "spapr-pci-host-bridge.ddw=off"];
+    let dir = tempdir("noddw");
+    let run = disks(&dir, "", &["on"], &no_ddw);
+    assert_eq!(run.verdict, harness::Outcome::Pass, "{run}");
+    let v = &records(&run, "virtio")[0].fields;
+    assert_eq!(v["iommu"]["mode"], "dynamic", "{run}");
+    assert_eq!(v["iommu"]["mode_reason"], "default: the PHB offers no DDW");
+    let run = disks(&dir, "sg.tce=ddw", &["on"], &no_ddw);
+    assert_eq!(run.verdict, harness::Outcome::Fail, "{run}");
+    let why = "the IOMMU could not be set up: invalid request: sg.tce=ddw, but the PHB has no \
+               ibm,ddw-applicable";
+    let v = &records(&run, "virtio")[0].fields;
+    assert_eq!(v["error"], format!("dma: {why}"), "{run}");
+    let d = &records(&run, "iommu")[0].fields;
+    assert_eq!(d["result"], "error");
+    assert!(why.ends_with(d["error"].as_str().unwrap()), "{run}");
+}
+
 /// A private directory, removed at the end.
 struct TempDir(PathBuf);
 
-fn tempdir() -> TempDir {
-    let p = std::env::temp_dir().join(format!("sg-iommu-{}", std::process::id()));
+fn tempdir(what: &str) -> TempDir {
+    let p = std::env::temp_dir().join(format!("sg-iommu-{what}-{}", std::process::id()));
     std::fs::create_dir_all(&p).unwrap();
     TempDir(p)
 }

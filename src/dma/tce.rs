@@ -560,7 +560,9 @@ pub enum Target<'a> {
     /// `ram_top` is mapped once and `direct` serves the requests.
     Direct { ram_top: u64, direct: &'a dyn Dma },
     /// A secure guest (`iommu+bounce`): only the shared pool `[phys, phys + size)` is ever
-    /// mapped, once; `bounce` serves the requests.
+    /// mapped, once; `bounce` serves the requests. `phys` is also the pool's device address on
+    /// the bounce path (`Platform::device_addr` is the identity on every platform here), from
+    /// which the window's offset is taken.
     Pool {
         bounce: &'a dyn Dma,
         phys: u64,

@@ -85,6 +85,9 @@ pub struct BlkInfo {
     /// Bytes read and checksummed, in disk order.
     pub read_bytes: u64,
     pub read_crc32c: u32,
+    /// Microseconds the read took, from its first request to its last completion (0 when the
+    /// clock is not calibrated): throughput without the init and teardown around it.
+    pub read_us: u64,
     /// The write that `sg.blk.write` asked of this disk, and the CRC32C of the data written.
     pub write: Option<(BlkWrite, u32)>,
     /// A flush completed after the write.
@@ -323,6 +326,7 @@ impl<T: Transport + ?Sized> Blk<'_, '_, T> {
         let mut crc = Crc32c::new();
         let mut done = 0u64;
         let qd = params.qd.unwrap_or(queue_size);
+        let started = self.clock.now_us();
         let r = if span == 0 {
             Ok(())
         } else {
@@ -341,6 +345,7 @@ impl<T: Transport + ?Sized> Blk<'_, '_, T> {
         };
         info.read_bytes = done;
         info.read_crc32c = crc.finish();
+        info.read_us = self.clock.now_us().saturating_sub(started);
         r?;
 
         let Some(w) = params.write else {
