@@ -5,9 +5,12 @@
 //! - The parser's format strings are the installed binaries' own, character for character.
 //! - pseries: QEMU creates the PHB's TCE table (traced), and a device without `iommu_platform`
 //!   never goes through it.
-//! - pseries: a device behind the TCE table whose DMA the guest did not map is refused by QEMU,
-//!   and the oracle must FAIL, naming the trace line and the IOVA (a negative control that needs
-//!   no test option: the guest does not map for the `direct` path).
+//! - pseries matrix cells behind the TCE IOMMU (`matrix --tce`): dynamic TCE, secure DDW
+//!   (iommu+bounce), and SLOF, whose own TCE work before the guest is set apart, all pass the
+//!   oracle with counts equal to the guest's.
+//! - Negative controls: `sg.debug.unmap_early=1` (the device finds its buffer unmapped) and
+//!   `sg.debug.map_private=1` (a secure guest maps a private page) must make the oracle FAIL,
+//!   naming the trace line, the IOVA and the physical page.
 //! - q35 with virtio-iommu, and with intel-iommu: the guest does not program either, so every
 //!   event QEMU traces must parse, and an oracle that requires the device behind its IOMMU must
 //!   FAIL (the device's DMA bypasses it).
@@ -15,9 +18,13 @@
 use std::collections::HashSet;
 use std::path::PathBuf;
 
+use harness::devices::{Ring, Transport};
 use harness::iommu::{self, Kind, Space};
+use harness::matrix::{self, Cell, CellResult, CellVerdict, RunOptions, TceMode};
+use harness::report::Swiotlb;
+use harness::secure::SecureExpect;
 use harness::trace::{self, Bdf, Event, IommuKind, TraceLog};
-use harness::{Arch, Machine, Outcome, QemuConfig, RunResult};
+use harness::{Arch, Firmware, Machine, Outcome, QemuConfig, RunResult};
 
 /// The QEMU the harness would run for `arch`, resolved on `PATH`.
 fn qemu_binary(arch: Arch) -> PathBuf {
@@ -167,22 +174,134 @@ fn pseries_direct_run_traces_the_tce_table_and_no_access() {
     assert_eq!(v.totals().translations, 0);
 }
 
-/// Negative control: QEMU puts the device behind the PHB's TCE table (`iommu_platform=on`), the
-/// guest hands it buffers on the `direct` path without mapping them, QEMU refuses every access
-/// (`xlate ... perm=0`), and the oracle must fail on exactly that.
+/// A matrix cell behind the TCE IOMMU (`matrix --tce MODE`, with `secure`): the whole workload
+/// (two disks, a NIC, a console port, an rng) must pass every oracle, the IOMMU trace oracle
+/// among them; returns the run and the oracle's verdict, with the evidence checked here: a clean
+/// trace, translations on the guest's window, and its counts equal to the guest's.
+fn tce_cell(
+    firmware: Firmware,
+    ring: Ring,
+    tce: TceMode,
+    secure: Option<SecureExpect>,
+) -> (CellResult, iommu::Verdict) {
+    image(Arch::Ppc64le);
+    let cell = Cell {
+        machine: Machine::Pseries,
+        firmware: Some(firmware),
+        transport: Transport::PciModern,
+        ring,
+    };
+    let opts = RunOptions {
+        tce: Some(tce),
+        secure,
+        ..Default::default()
+    };
+    let e = matrix::expected_for(&cell, &opts);
+    assert_eq!(matrix::traced_iommu(&cell, &e), Some(IommuKind::SpaprTce));
+    let r = matrix::run_cell(&cell, &e, &opts);
+    assert_eq!(r.verdict, CellVerdict::Pass, "\n{r}");
+    let run = r.run.as_ref().unwrap();
+    clean_trace(run);
+    let v = iommu::check_run(run);
+    assert!(v.passed(), "{v}\n{r}");
+    let domains = iommu::guest_domains(&run.records);
+    assert_eq!(domains.len(), 1, "one PHB, one domain\n{r}");
+    let space = domains[0].space.expect("a TCE domain");
+    let host = &v.spaces[&space];
+    assert!(host.translations > 100, "{v}");
+    assert!(host.maps > 0, "{v}");
+    let guest: u64 = domains[0].counts.calls.iter().map(|c| c.calls).sum();
+    assert_eq!(
+        host.calls.values().map(|c| c.calls).sum::<u64>(),
+        guest,
+        "{v}"
+    );
+    (r, v)
+}
+
 #[test]
-fn pseries_unmapped_dma_fails_the_oracle() {
+fn pseries_dynamic_tce_cell_passes_the_oracle() {
+    let (_, v) = tce_cell(Firmware::Vof, Ring::Split, TceMode::Dynamic, None);
+    let t = v.totals();
+    // Every request mapped and unmapped: nothing is left in the window.
+    assert_eq!(t.live_at_end, 0, "{v}");
+    assert!(t.calls(iommu::H_PUT_TCE_INDIRECT).calls > 0, "{v}");
+    assert!(t.calls(iommu::H_STUFF_TCE).calls > 0, "{v}");
+}
+
+#[test]
+fn pseries_secure_ddw_cell_passes_the_oracle_inside_the_pool() {
+    let (r, v) = tce_cell(
+        Firmware::Vof,
+        Ring::Packed,
+        TceMode::Ddw,
+        Some(SecureExpect::emulate()),
+    );
+    let run = r.run.as_ref().unwrap();
+    let cfg = iommu::config_for(&run.records, Arch::Ppc64le);
+    let pool: Swiotlb = run.first().expect("a swiotlb record");
+    assert_eq!(
+        cfg.pool,
+        Some(vec![iommu::PhysRange {
+            base: pool.base.0,
+            size: pool.size
+        }]),
+        "the oracle checked every page against the pool"
+    );
+    assert!(cfg.expect_translations);
+    // The pool stays mapped, as a whole, for the whole run: a DDW window of its own.
+    let (space, c) = v
+        .spaces
+        .iter()
+        .find(|(_, c)| c.translations > 0)
+        .expect("a window with translations");
+    assert_ne!(
+        *space,
+        Space::Tce {
+            liobn: PSERIES_LIOBN
+        },
+        "{v}"
+    );
+    assert_eq!(c.unmaps, 0, "{v}");
+    assert!(c.live_at_end > 0, "{v}");
+}
+
+/// SLOF drives the virtio devices through the TCE window before the guest runs: its work comes
+/// first in the trace, is set apart, and left nothing mapped.
+#[test]
+fn pseries_slof_firmware_tce_work_is_set_apart() {
+    let (_, v) = tce_cell(Firmware::Slof, Ring::Packed, TceMode::Dynamic, None);
+    assert!(v.start_line > 1, "{v}");
+    assert!(v.firmware.calls(iommu::H_PUT_TCE).calls > 0, "{v}");
+    assert!(v.firmware.translations > 0, "{v}");
+    assert_eq!(v.count(Kind::Stale), 0, "{v}");
+}
+
+/// A small traced pseries run: one rng behind the TCE IOMMU, with guest options `append`.
+fn rng_behind_tce(append: &str) -> (RunResult, iommu::Verdict) {
     let c = traced(
         Machine::Pseries,
         &[IommuKind::SpaprTce],
         &["virtio-rng-pci,disable-legacy=on,iommu_platform=on"],
-        "sg.virtio.timeout_ms=300",
+        append,
     );
     let r = run(&c);
-    // The device never gets its buffer: the guest times it out.
-    assert_eq!(r.verdict, Outcome::Fail, "{r}");
-    let t = clean_trace(&r);
-    let xlates: Vec<(usize, u64)> = t
+    clean_trace(&r);
+    let v = iommu::check_run(&r);
+    (r, v)
+}
+
+/// Negative control, "unmap too early": `sg.debug.unmap_early=1` removes each data buffer's
+/// TCEs right after mapping them. QEMU refuses the device's accesses (`xlate ... perm=0`), and
+/// the oracle must fail on exactly those, naming the trace line that unmapped the page.
+#[test]
+fn unmap_too_early_fails_the_oracle() {
+    let (ok, v) = rng_behind_tce("sg.tce=dynamic");
+    assert_eq!(ok.verdict, Outcome::Pass, "{ok}");
+    assert!(v.passed(), "{v}");
+    let (r, v) = rng_behind_tce("sg.tce=dynamic sg.debug.unmap_early=1 sg.virtio.timeout_ms=300");
+    let t = r.trace.as_ref().unwrap();
+    let refused: Vec<(usize, u64)> = t
         .events
         .iter()
         .filter_map(|e| match e.event {
@@ -195,32 +314,74 @@ fn pseries_unmapped_dma_fails_the_oracle() {
             _ => None,
         })
         .collect();
-    assert!(!xlates.is_empty(), "no refused access in the trace\n{r}");
-    let v = iommu::check_run(&r);
-    assert!(!v.passed(), "the oracle passed unmapped DMA\n{r}");
-    assert_eq!(v.count(Kind::NotMapped), xlates.len(), "{v}");
-    assert_eq!(v.violation_count, xlates.len(), "{v}");
+    assert!(!refused.is_empty(), "QEMU refused nothing\n{r}");
+    assert!(!v.passed(), "the oracle passed an early unmap\n{r}");
+    assert_eq!(v.count(Kind::NotMapped), refused.len(), "{v}");
     let first = &v.violations[0];
     assert_eq!(
-        (first.line, first.iova, first.space),
-        (
-            xlates[0].0,
-            Some(xlates[0].1),
-            Some(Space::Tce {
-                liobn: PSERIES_LIOBN
-            })
-        ),
+        (first.line, first.iova),
+        (refused[0].0, Some(refused[0].1)),
         "{v}"
     );
-    assert!(first.message.contains("never mapped"), "{v}");
-    let c = &v.spaces[&Space::Tce {
-        liobn: PSERIES_LIOBN,
-    }];
     assert_eq!(
-        (c.translations, c.faults, c.maps),
-        (xlates.len() as u64, xlates.len() as u64, 0)
+        first.space,
+        Some(Space::Tce {
+            liobn: PSERIES_LIOBN
+        })
     );
-    assert!(v.failures()[0].starts_with("IOMMU trace oracle:"), "{v}");
+    // The line it names emptied that very page.
+    let unmapped_at: usize = first
+        .message
+        .rsplit("unmapped at line ")
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no unmapping line in {first}"));
+    let page = refused[0].1 & !0xfff;
+    let emptied = t.events.iter().any(|e| {
+        e.line == unmapped_at
+            && match e.event {
+                Event::TcePut { ioba, tce, .. } => ioba == page && tce & 3 == 0,
+                Event::TceStuff {
+                    ioba_end,
+                    tce_value,
+                    npages,
+                    ..
+                } => {
+                    tce_value & 3 == 0
+                        && (ioba_end - 0x1000 * npages as u64..ioba_end).contains(&page)
+                }
+                _ => false,
+            }
+    });
+    assert!(
+        emptied,
+        "line {unmapped_at} did not unmap page {page:#x}\n{v}"
+    );
+}
+
+/// Negative control, "map a private page": `sg.debug.map_private=1` makes a secure guest's
+/// iommu+bounce domain map guest-physical page 0 next to the pool. The device never touches
+/// it, and the oracle must still fail: the mapping alone lets the device reach private memory.
+#[test]
+fn a_private_page_mapped_fails_the_oracle() {
+    for tce in ["dynamic", "ddw"] {
+        let (ok, v) = rng_behind_tce(&format!("sg.secure=emulate sg.tce={tce}"));
+        assert_eq!(ok.verdict, Outcome::Pass, "{ok}");
+        assert!(v.passed(), "{tce}: {v}");
+        let (r, v) = rng_behind_tce(&format!(
+            "sg.secure=emulate sg.tce={tce} sg.debug.map_private=1"
+        ));
+        assert_eq!(r.verdict, Outcome::Pass, "the guest does not notice\n{r}");
+        assert_eq!(v.count(Kind::OutsidePool), 1, "{tce}: {v}");
+        assert_eq!(v.violation_count, 1, "{tce}: {v}");
+        let x = &v.violations[0];
+        assert_eq!(x.phys, Some(0), "{v}");
+        assert!(
+            x.message
+                .starts_with("mapped a page outside the shared pool"),
+            "{v}"
+        );
+    }
 }
 
 /// The rng's PCI address on q35 when an IOMMU device comes first.
