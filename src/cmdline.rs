@@ -670,12 +670,21 @@ mod tests {
         // The last one wins, as for every option.
         let (o, _) = parse(b"sg.secure=on sg.secure=off");
         assert_eq!(o.secure, SecureMode::Off);
+        // The IOMMU negative controls are off unless asked for.
+        assert_eq!(o.debug_iommu, IommuDebug::default());
+        let (o, d) = parse(b"sg.debug.unmap_early sg.debug.map_private=1");
+        assert!(d.is_empty(), "{d:?}");
+        assert!(o.debug_iommu.unmap_early && o.debug_iommu.map_private);
+        let (o, _) = parse(b"sg.debug.unmap_early=1 sg.debug.unmap_early=0");
+        assert!(!o.debug_iommu.unmap_early);
         // Every option is in the table the README is written from.
         for name in [
             "sg.secure",
             "sg.swiotlb",
             "sg.legacy_devices",
             "sg.debug.leak",
+            "sg.debug.unmap_early",
+            "sg.debug.map_private",
         ] {
             assert!(OPTIONS.iter().any(|(n, _, _)| *n == name), "{name}");
         }
@@ -695,6 +704,8 @@ mod tests {
             ("sg.legacy_devices=allow", "refuse|bounce"),
             ("sg.legacy_devices", "refuse|bounce"),
             ("sg.debug.leak=2", "0|1"),
+            ("sg.debug.unmap_early=maybe", "0|1"),
+            ("sg.debug.map_private=2", "0|1"),
         ] {
             let (o, d) = parse(bad.as_bytes());
             let name = bad.split('=').next().unwrap();

@@ -379,6 +379,11 @@ impl State {
         counters.iommu_pages.store(self.pages, Ordering::Relaxed);
     }
 
+    /// Removes `pages` entries at `iova` from the IOMMU (counted).
+    fn unmap_run(&mut self, counters: &DmaCounters, iova: u64, pages: u64) -> Result<(), DmaError> {
+        self.call(counters, |b| b.unmap(iova, pages))
+    }
+
     /// Runs a backend call and counts its outcome.
     fn call(
         &mut self,
@@ -593,7 +598,7 @@ impl<'a> IommuDma<'a> {
         if run.handle != handle {
             return Err(DmaError::UnknownHandle);
         }
-        s.call(&self.counters, |b| b.unmap(run.iova, run.pages))?;
+        s.unmap_run(&self.counters, run.iova, run.pages)?;
         if let Some(space) = s.iova.as_mut() {
             space.free(iova, offset, len)?;
         }
@@ -727,10 +732,7 @@ impl<'a> IommuDma<'a> {
             let page = self.page();
             let iova = addr.as_u64() & !(page - 1);
             let pages = (addr.as_u64() - iova + len as u64).div_ceil(page);
-            let _ = self
-                .state
-                .lock()
-                .call(&self.counters, |b| b.unmap(iova, pages));
+            let _ = self.state.lock().unmap_run(&self.counters, iova, pages);
         }
         // SAFETY: the caller's buffer and contract, mapped for the device at `addr`.
         Ok(unsafe { Mapping::new(addr, cpu, len, direction, handle) })
