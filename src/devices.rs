@@ -248,6 +248,7 @@ pub fn iommu_fields(j: &mut crate::report::Json<'_>, info: &DomainInfo, s: &Iomm
     for (k, v) in [
         ("window_size", info.window_size),
         ("page_size", info.page_size),
+        ("setup_calls", info.setup_calls),
         ("dma_maps", s.dma_maps),
         ("dma_unmaps", s.dma_unmaps),
         ("maps", s.maps),

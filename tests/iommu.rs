@@ -163,6 +163,7 @@ fn vof_dynamic_batched() {
     assert_eq!(u(&total, "maps"), u(&total, "unmaps"));
     let calls: u64 = shares.iter().map(|s| u(s, "calls")).sum();
     assert_eq!(u(&total, "calls"), calls, "no setup calls: {total}");
+    assert_eq!(u(&total, "setup_calls"), 0);
 }
 
 /// Dynamic TCE without batching: one H_PUT_TCE per page, both ways.
@@ -206,6 +207,7 @@ fn vof_ddw_by_default() {
     assert_eq!(u(&total, "pages"), (512 << 20) / page);
     assert_eq!(hcall(&total, "H_PUT_TCE_INDIRECT"), (1, 32));
     assert_eq!((u(&total, "maps"), u(&total, "unmaps")), (1, 0));
+    assert_eq!(u(&total, "setup_calls"), 2, "query and create: {total}");
 }
 
 /// A secure guest maps only the shared pool, once: the memory oracle (nothing private in the
