@@ -18,11 +18,17 @@
 //! `sg.secure=emulate` ([`secure_expected`]). On x86 every device gets `iommu_platform=on`, so
 //! mmio v2 and pci modern devices offer `ACCESS_PLATFORM` and go on the bounce path, while mmio v1
 //! and pci legacy devices cannot offer it and are refused (unless `--legacy-devices bounce`); a
-//! refused cell asks for no write. On pseries `iommu_platform=on` would put the devices behind the
-//! sPAPR TCE IOMMU, whose empty table fails all their DMA, so pseries cells have no
-//! `iommu_platform` and `sg.legacy_devices=bounce`. Each emulate cell is held at shutdown, its
-//! pool and secret regions are dumped, and [`crate::secure::check`] adds the memory oracle to the
-//! data oracles. `--secure on` expects every cell to be rejected, with nothing touched.
+//! refused cell asks for no write. Plain pseries cells have no `iommu_platform` and
+//! `sg.legacy_devices=bounce` (the bounce path without an IOMMU). Each emulate cell is held at
+//! shutdown, its pool and secret regions are dumped, and [`crate::secure::check`] adds the memory
+//! oracle to the data oracles. `--secure on` expects every cell to be rejected, with nothing
+//! touched.
+//!
+//! IOMMU cells ([`RunOptions::tce`], `--tce dynamic|ddw`): the pseries pci-modern cells with
+//! their devices behind the PHB's TCE IOMMU ([`iommu_expected`]: `iommu_platform=on`, `sg.tce`),
+//! on `iommu`, or `iommu+bounce` with `--secure emulate`. QEMU traces the IOMMU
+//! ([`traced_iommu`]) and the IOMMU trace oracle ([`crate::iommu::check_run`]) joins the others.
+//! Cells without a TCE IOMMU are skipped ([`option_skip`]).
 use std::fmt;
 use std::fs;
 use std::path::{Path, PathBuf};
