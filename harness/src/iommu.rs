@@ -26,7 +26,14 @@
 //!
 //! The verdict ([`Verdict`]) lists the first violations (deduplicated per kind, space and page)
 //! with the trace line, IOVA and physical address, counts them all, and gives the per-space
-//! counts that [`compare_counts`] checks against the guest's.
+//! counts. [`Verdict::compare_domains`] holds those against the guest's `iommu` records
+//! ([`guest_domains`]: calls and entries of each hypercall, pages still mapped), and
+//! [`check_run`] does it all for a traced run.
+//!
+//! A firmware may use the IOMMU before the guest: SLOF drives the virtio devices it finds through
+//! the TCE window (and unmaps everything before it hands over). Nothing runs after the guest, so
+//! its calls are the last ones on each window it reports; [`guest_start_line`] finds the first,
+//! and [`Config::start_line`] has everything before it replayed but not checked or counted.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
