@@ -68,7 +68,7 @@ unit: setup
 
 # Boot every machine in QEMU and check the reports.
 integration: images
-	cargo test --test boot --test virtio --test secure --test iommu --test x86iommu
+	cargo test --test boot --test virtio --test secure --test iommu --test x86iommu --test trace
 
 # Everything: lints, host unit tests (parsers against hostile input), then the integration
 # tests that boot every machine in real QEMU.

@@ -8,6 +8,7 @@
 use alloc::string::String;
 use alloc::vec::Vec;
 
+use crate::dma::iommu::IommuDebug;
 use crate::dma::tce::TceMode;
 use crate::platform::decide::{DmaChoice, LegacyPolicy, SecureMode};
 
@@ -28,6 +29,16 @@ pub const OPTIONS: &[(&str, &str, &str)] = &[
         "sg.debug.leak",
         "0|1",
         "test only: do not zero swiotlb slots on release, so that private data stays in shared memory (the host oracle must fail)",
+    ),
+    (
+        "sg.debug.unmap_early",
+        "0|1",
+        "test only: a dynamic IOMMU domain removes each data buffer's mapping right after making it, before the device uses it (the host's IOMMU trace oracle must fail)",
+    ),
+    (
+        "sg.debug.map_private",
+        "0|1",
+        "test only: an iommu+bounce domain also maps one private page (guest-physical 0) after the pool (the host's IOMMU trace oracle must fail)",
     ),
     (
         "sg.secure",
@@ -164,6 +175,8 @@ pub struct Options {
     pub debug_fault: bool,
     /// `sg.debug.leak`: swiotlb slots are not zeroed on release (test only).
     pub debug_leak: bool,
+    /// `sg.debug.unmap_early`, `sg.debug.map_private`: IOMMU misbehaviour (test only).
+    pub debug_iommu: IommuDebug,
     /// `sg.secure`.
     pub secure: SecureMode,
     /// `sg.swiotlb`: bytes asked for the shared pool, [`SWIOTLB_MIN`]..=[`SWIOTLB_MAX`]; the
@@ -199,6 +212,10 @@ impl Default for Options {
             debug_panic: false,
             debug_fault: false,
             debug_leak: false,
+            debug_iommu: IommuDebug {
+                unmap_early: false,
+                map_private: false,
+            },
             secure: SecureMode::DEFAULT,
             swiotlb: SWIOTLB_DEFAULT,
             legacy_devices: LegacyPolicy::DEFAULT,
@@ -385,6 +402,14 @@ pub fn parse(line: &[u8]) -> (Options, Vec<Diagnostic>) {
             },
             "sg.debug.leak" => match boolean(value) {
                 Some(b) => opts.debug_leak = b,
+                None => malformed("0|1"),
+            },
+            "sg.debug.unmap_early" => match boolean(value) {
+                Some(b) => opts.debug_iommu.unmap_early = b,
+                None => malformed("0|1"),
+            },
+            "sg.debug.map_private" => match boolean(value) {
+                Some(b) => opts.debug_iommu.map_private = b,
                 None => malformed("0|1"),
             },
             "sg.secure" => match value.and_then(SecureMode::parse) {
@@ -645,12 +670,21 @@ mod tests {
         // The last one wins, as for every option.
         let (o, _) = parse(b"sg.secure=on sg.secure=off");
         assert_eq!(o.secure, SecureMode::Off);
+        // The IOMMU negative controls are off unless asked for.
+        assert_eq!(o.debug_iommu, IommuDebug::default());
+        let (o, d) = parse(b"sg.debug.unmap_early sg.debug.map_private=1");
+        assert!(d.is_empty(), "{d:?}");
+        assert!(o.debug_iommu.unmap_early && o.debug_iommu.map_private);
+        let (o, _) = parse(b"sg.debug.unmap_early=1 sg.debug.unmap_early=0");
+        assert!(!o.debug_iommu.unmap_early);
         // Every option is in the table the README is written from.
         for name in [
             "sg.secure",
             "sg.swiotlb",
             "sg.legacy_devices",
             "sg.debug.leak",
+            "sg.debug.unmap_early",
+            "sg.debug.map_private",
         ] {
             assert!(OPTIONS.iter().any(|(n, _, _)| *n == name), "{name}");
         }
@@ -670,6 +704,8 @@ mod tests {
             ("sg.legacy_devices=allow", "refuse|bounce"),
             ("sg.legacy_devices", "refuse|bounce"),
             ("sg.debug.leak=2", "0|1"),
+            ("sg.debug.unmap_early=maybe", "0|1"),
+            ("sg.debug.map_private=2", "0|1"),
         ] {
             let (o, d) = parse(bad.as_bytes());
             let name = bad.split('=').next().unwrap();

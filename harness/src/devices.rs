@@ -41,7 +41,7 @@
 //! | microvm mmio v1 | accepted, never seen: a legacy device shows only bits 0..31 |
 //! | q35, pc, pci modern | offered; DMA to guest-physical addresses (no IOMMU device here) |
 //! | any pci legacy | refused: "VIRTIO_F_IOMMU_PLATFORM was supported by neither legacy nor transitional device" |
-//! | pseries pci modern | offered, but DMA goes through the PHB's sPAPR TCE table (liobn 0x80000000), which is empty: every device access translates to nothing (`spapr_iommu_xlate ... perm=0`), the device sees no buffers and the guest times out. Until the guest maps TCEs (issue 6), pseries secure runs use devices *without* it and `sg.legacy_devices=bounce`. |
+//! | pseries pci modern | offered, and DMA goes through the PHB's sPAPR TCE IOMMU (liobn 0x80000000, or a DDW window): the guest takes `iommu` (`iommu+bounce` when secure) and maps what the device uses; QEMU traces every access (`spapr_iommu_xlate`) for the IOMMU trace oracle ([`crate::iommu`]). |
 //!
 //! An IOMMU ([`Iommu`], given to the run separately, in front of the devices) makes the
 //! `iommu_platform=on` devices' DMA go through it on q35 and pc:

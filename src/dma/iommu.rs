@@ -379,6 +379,11 @@ impl State {
         counters.iommu_pages.store(self.pages, Ordering::Relaxed);
     }
 
+    /// Removes `pages` entries at `iova` from the IOMMU (counted).
+    fn unmap_run(&mut self, counters: &DmaCounters, iova: u64, pages: u64) -> Result<(), DmaError> {
+        self.call(counters, |b| b.unmap(iova, pages))
+    }
+
     /// Runs a backend call and counts its outcome.
     fn call(
         &mut self,
@@ -402,10 +407,22 @@ fn calls_total(kinds: &[CallCount]) -> u64 {
     kinds.iter().map(|k| k.calls).sum()
 }
 
+/// Test-only misbehaviour of an IOMMU domain, for the host's IOMMU trace oracle to catch.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IommuDebug {
+    /// `sg.debug.unmap_early`: a dynamic domain removes each streaming mapping from the IOMMU
+    /// right after making it, so the device finds the buffer unmapped.
+    pub unmap_early: bool,
+    /// `sg.debug.map_private`: a pool domain also maps a private page for the device.
+    pub map_private: bool,
+}
+
 /// The [`Dma`] of an IOMMU domain: see the module documentation.
 pub struct IommuDma<'a> {
     name: &'static str,
     info: DomainInfo,
+    /// `sg.debug.unmap_early` (test only).
+    unmap_early: bool,
     /// Window shape: the inner path and the offset from its device addresses to IOVAs.
     window: Option<(&'a dyn Dma, u64)>,
     state: spin::Mutex<State>,
@@ -455,6 +472,7 @@ impl<'a> IommuDma<'a> {
         IommuDma {
             name,
             info,
+            unmap_early: false,
             window,
             state: spin::Mutex::new(State {
                 backend,
@@ -469,6 +487,14 @@ impl<'a> IommuDma<'a> {
 
     pub fn info(&self) -> DomainInfo {
         self.info
+    }
+
+    /// Test only (`sg.debug.unmap_early=1`): every streaming mapping of this dynamic domain is
+    /// removed from the IOMMU as soon as it is made (its IOVA stays allocated until the real
+    /// unmap), so that the device reaches an unmapped page and the host's IOMMU trace oracle
+    /// fails. Rings and other shared regions stay mapped.
+    pub fn set_debug_unmap_early(&mut self, on: bool) {
+        self.unmap_early = on;
     }
 
     fn page(&self) -> u64 {
@@ -572,7 +598,7 @@ impl<'a> IommuDma<'a> {
         if run.handle != handle {
             return Err(DmaError::UnknownHandle);
         }
-        s.call(&self.counters, |b| b.unmap(run.iova, run.pages))?;
+        s.unmap_run(&self.counters, run.iova, run.pages)?;
         if let Some(space) = s.iova.as_mut() {
             space.free(iova, offset, len)?;
         }
@@ -701,6 +727,13 @@ impl<'a> IommuDma<'a> {
             };
         }
         let (addr, handle) = self.map_dynamic(cpu.as_ptr(), len, Perm::of(direction), c)?;
+        if self.unmap_early {
+            // Test only: the entries go, the IOVA run stays ours until `unmap`.
+            let page = self.page();
+            let iova = addr.as_u64() & !(page - 1);
+            let pages = (addr.as_u64() - iova + len as u64).div_ceil(page);
+            let _ = self.state.lock().unmap_run(&self.counters, iova, pages);
+        }
         // SAFETY: the caller's buffer and contract, mapped for the device at `addr`.
         Ok(unsafe { Mapping::new(addr, cpu, len, direction, handle) })
     }

@@ -40,7 +40,7 @@ use alloc::boxed::Box;
 use core::ptr::NonNull;
 
 use super::iommu::{
-    CallCount, DomainInfo, DomainSetup, IommuBackend, IommuDma, MAX_CALL_KINDS, Perm,
+    CallCount, DomainInfo, DomainSetup, IommuBackend, IommuDebug, IommuDma, MAX_CALL_KINDS, Perm,
 };
 use super::{Dma, DmaConstraints, DmaError};
 
@@ -588,6 +588,8 @@ pub struct TceSetup<'a, C, R> {
     pub mode: Option<TceMode>,
     /// `sg.tce.batch`.
     pub batch: bool,
+    /// `sg.debug.unmap_early`, `sg.debug.map_private` (test only).
+    pub debug: IommuDebug,
     pub target: Target<'a>,
     pub calls: C,
     pub rtas: R,
@@ -624,7 +626,13 @@ impl<'a, C: TceCalls + 'static, R: Rtas> TceSetup<'a, C, R> {
             Target::Pool { phys, size, .. } => {
                 // The largest page that covers nothing but pool pages.
                 let align = 1u64 << (phys | size).trailing_zeros().min(63);
-                (Some((phys, size)), align, size)
+                // sg.debug.map_private maps one more page after the pool: room for it.
+                let need = if self.debug.map_private {
+                    size * 2
+                } else {
+                    size
+                };
+                (Some((phys, size)), align, need)
             }
         };
         let w = self.phb.window;
@@ -695,7 +703,9 @@ impl<'a, C: TceCalls + 'static, R: Rtas> TceSetup<'a, C, R> {
             Target::Direct { direct, ram_top } => {
                 if mode == TceMode::Dynamic {
                     info.mapping = "per-map";
-                    return IommuDma::dynamic(Box::new(table), info);
+                    let mut dma = IommuDma::dynamic(Box::new(table), info)?;
+                    dma.set_debug_unmap_early(self.debug.unmap_early);
+                    return Ok(dma);
                 }
                 info.mapping = "ram";
                 let base = info.window_base;
@@ -717,7 +727,14 @@ impl<'a, C: TceCalls + 'static, R: Rtas> TceSetup<'a, C, R> {
                 }
                 let offset = pool_iova.wrapping_sub(phys);
                 let dma = IommuDma::window("iommu+bounce", Box::new(table), bounce, offset, info);
-                let mapped = dma.map_fixed(pool_iova, phys, size, Perm::RW);
+                let mut mapped = dma.map_fixed(pool_iova, phys, size, Perm::RW);
+                if self.debug.map_private && mapped.is_ok() {
+                    // Test only: a private page (guest-physical 0, the exception vectors) for
+                    // the device, right after the pool; the host's IOMMU trace oracle must fail.
+                    let page = dma.info().page_size;
+                    let after = pool_iova + size.next_multiple_of(page);
+                    mapped = dma.map_fixed(after, 0, page, Perm::READ);
+                }
                 dma.end_setup();
                 if let Some(r) = list {
                     // SAFETY: only the TCE list was in it, and the table forgot the list.

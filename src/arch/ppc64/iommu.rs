@@ -111,6 +111,7 @@ pub fn iommu_domains<'a>(
             },
             mode: opts.tce,
             batch: opts.tce_batch,
+            debug: opts.debug_iommu,
             target,
             calls: Hcalls,
             rtas: HRtas,

@@ -687,3 +687,30 @@ fn epochs_and_deltas() {
     );
     assert_eq!(Perm::of(Direction::Bidirectional), Perm::RW);
 }
+
+/// `sg.debug.unmap_early=1` (test only): a streaming mapping is gone from the IOMMU as soon as
+/// it is made, with the call counted; shared regions stay mapped.
+#[test]
+fn debug_unmap_early_removes_streaming_mappings_at_once() {
+    let (b, table) = FakeIommu::new(0x1000_0000, 1 << 30, 12);
+    let mut dma = IommuDma::dynamic(b, info()).unwrap();
+    dma.set_debug_unmap_early(true);
+    let r = dma.alloc_shared(100, 16, &DmaConstraints::NONE).unwrap();
+    let mut buf = vec![0u8; 5000];
+    let slice = NonNull::from(&mut buf[..]);
+    // SAFETY: `buf` outlives the mapping; the mapping is never released (the fake IOMMU refuses
+    // to unmap twice; a real one does not mind).
+    let m = unsafe { dma.map(slice, Direction::ToDevice, &DmaConstraints::NONE) }.unwrap();
+    let t = table.lock().unwrap();
+    assert_eq!(
+        translate(&t, 12, m.device_addr().as_u64(), 5000, 1),
+        None,
+        "the device finds the buffer unmapped"
+    );
+    assert!(translate(&t, 12, r.device_addr().as_u64(), 100, 3).is_some());
+    assert_eq!((t.map.calls, t.unmap.calls), (2, 1));
+    drop(t);
+    assert_eq!(dma.iommu_stats().calls, 3);
+    // `m` is never unmapped: its IOVA run stays allocated.
+    let _ = m;
+}

@@ -558,6 +558,7 @@ fn setup<'a>(
         phb,
         mode,
         batch: true,
+        debug: Default::default(),
         target,
         calls: Calls(hv.clone()),
         rtas: FakeRtas(hv.clone()),
@@ -750,4 +751,57 @@ fn secure_guest_maps_only_the_pool_once() {
     assert_eq!(TceMode::parse("ddw"), Some(TceMode::Ddw));
     assert_eq!(TceMode::parse("DDW"), None);
     assert_eq!(TceMode::Dynamic.as_str(), "dynamic");
+}
+
+/// `sg.debug.map_private=1` (test only): the pool domain also maps guest-physical page 0, right
+/// after the pool, in both modes (a DDW window gets room for it), and the guest still works.
+#[test]
+fn debug_map_private_maps_page_zero_after_the_pool() {
+    let mem = Pool::new(4 << 20);
+    let platform = Emulated::new(1 << 16);
+    // SAFETY: the memory is the test's, identity "mapped", unused otherwise.
+    let bounce =
+        unsafe { Bounce::new(&platform, mem.phys(), 4 << 20, Default::default()) }.unwrap();
+    for mode in [TceMode::Dynamic, TceMode::Ddw] {
+        let hv = Hv::new();
+        let d = Box::new(TceSetup {
+            phb: phb(tokens()),
+            mode: Some(mode),
+            batch: true,
+            debug: IommuDebug {
+                unmap_early: false,
+                map_private: true,
+            },
+            target: Target::Pool {
+                bounce: &bounce,
+                phys: mem.phys(),
+                size: 4 << 20,
+            },
+            calls: Calls(hv.clone()),
+            rtas: FakeRtas(hv.clone()),
+        })
+        .setup()
+        .unwrap();
+        let i = d.info();
+        let liobn = if mode == TceMode::Ddw { LIOBN64 } else { LIOBN };
+        let pool_iova = match mode {
+            TceMode::Ddw => i.window_base,
+            TceMode::Dynamic if mem.phys() + (4 << 20) <= 1 << 30 => mem.phys(),
+            TceMode::Dynamic => 1 << 16,
+        };
+        let h = hv.lock().unwrap();
+        let pool_pages = (4 << 20) / i.page_size as usize;
+        assert_eq!(h.live(liobn), pool_pages + 1, "{mode:?}");
+        assert_eq!(
+            h.translate(liobn, pool_iova + (4 << 20), 1),
+            Some(0),
+            "{mode:?}: page 0 readable right after the pool"
+        );
+        assert_eq!(
+            h.translate(liobn, pool_iova + (4 << 20), 2),
+            None,
+            "read only"
+        );
+        assert_eq!(d.iommu_stats().pages, pool_pages as u64 + 1);
+    }
 }
