@@ -11,11 +11,18 @@
 //! `sg.secure=emulate` runs `iommu+bounce` (only the shared pool is mapped), held at power-off
 //! so that the host can dump the pool and check that nothing private reached it; `sg.dma=direct`
 //! behind an IOMMU is refused with the reason.
+//!
+//! Every run traces the IOMMU's QEMU events, and the runs that pass must pass the IOMMU trace
+//! oracle (`harness::iommu::check_run`): the disk's DMA went through the IOMMU (each access to a
+//! page mapped at that moment for virtio-iommu; no fault for VT-d; inside the pool when
+//! secure), the entropy device's did not, and the host's counts are the guest's.
 
 use std::path::PathBuf;
 
 use harness::devices::Iommu;
+use harness::iommu::{self, Space};
 use harness::oracle::{first_pattern_mismatch, pattern_bytes};
+use harness::trace::{self, IommuKind};
 use harness::{Machine, Outcome, QemuConfig, Record, RunResult};
 use serde_json::Value;
 
@@ -61,6 +68,10 @@ fn boot(
             .to_string(),
     );
     c.extra_args = iommu.qemu_args(machine).unwrap();
+    c.trace_events = trace::patterns_for(&[match iommu {
+        Iommu::VirtioIommu => IommuKind::VirtioIommu,
+        Iommu::Vtd => IommuKind::IntelVtd,
+    }]);
     c.extra_args.extend(
         [
             "-drive",
@@ -192,11 +203,50 @@ fn check_unit(r: &RunResult, iommu: Iommu, blk_location: &str) -> Value {
     unit
 }
 
+/// The IOMMU trace oracle over a run that passed: it passes, the disk (and only the disk) has
+/// accesses through the IOMMU, and the host's counts are the guest's.
+fn check_trace(r: &RunResult, iommu: Iommu) -> iommu::Verdict {
+    let t = r.trace.as_ref().unwrap_or_else(|| panic!("no trace\n{r}"));
+    assert_eq!((t.malformed, t.unknown), (0, 0), "{t:?}");
+    let v = iommu::check_run(r);
+    assert!(v.passed(), "{v}\n{r}");
+    let blk = iommu::parse_bdf(s(&device(r, "blk"), "location")).unwrap();
+    let rng = iommu::parse_bdf(s(&device(r, "rng"), "location")).unwrap();
+    assert!(
+        v.device_translations.get(&blk).copied().unwrap_or(0) >= 16,
+        "{v}"
+    );
+    assert!(!v.device_translations.contains_key(&rng), "{v}");
+    let t = v.totals();
+    assert_eq!((t.faults, t.live_at_end), (0, 0), "{v}");
+    match iommu {
+        Iommu::VirtioIommu => {
+            let domains = iommu::guest_domains(&r.records);
+            assert_eq!(domains.len(), 1, "{r}");
+            assert!(matches!(domains[0].space, Some(Space::ViommuDomain { .. })));
+            assert_eq!(t.calls(iommu::VIOMMU_ATTACH).calls, 1, "{v}");
+            assert_eq!(t.maps, t.unmaps, "{v}");
+        }
+        Iommu::Vtd => {
+            assert!(v.spaces.contains_key(&Space::Vtd { device: blk }), "{v}");
+            assert!(v.unit_calls.contains_key(iommu::VTD_IOTLB_GLOBAL), "{v}");
+        }
+    }
+    v
+}
+
 /// `iommu`: each buffer mapped and unmapped in the device's own domain.
 fn translated(name: &str, machine: Machine, iommu: Iommu) {
     let (r, disk) = boot(name, machine, iommu, "", false);
     assert_eq!(r.verdict, Outcome::Pass, "\n{r}");
     let io = check_disk(&r, &disk, iommu, "iommu");
+    let v = check_trace(&r, iommu);
+    if iommu == Iommu::VirtioIommu {
+        // One MAP per map, one UNMAP per unmap, the same pages.
+        let t = v.totals();
+        assert_eq!(t.calls(iommu::VIOMMU_MAP).calls, u(&io, "maps"), "{v}");
+        assert_eq!(t.calls(iommu::VIOMMU_UNMAP).calls, u(&io, "unmaps"), "{v}");
+    }
     assert_eq!(s(&io, "mapping"), "per-map");
     assert_eq!(u(&io, "maps"), u(&io, "unmaps"), "{io}");
     assert_eq!(u(&io, "pages"), 0, "nothing left mapped: {io}");
@@ -256,6 +306,17 @@ fn secure(name: &str, iommu: Iommu) {
     assert_eq!(r.verdict, Outcome::Pass, "\n{r}");
     let io = check_disk(&r, &disk, iommu, "iommu+bounce");
     assert_eq!(s(&io, "mapping"), "pool");
+    let v = check_trace(&r, iommu);
+    assert!(
+        iommu::config_for(&r.records, harness::Arch::X86_64)
+            .pool
+            .is_some(),
+        "every page checked against the pool"
+    );
+    if iommu == Iommu::VirtioIommu {
+        // The pool, mapped once and unmapped by the teardown.
+        assert_eq!(v.totals().calls(iommu::VIOMMU_MAP).calls, 1, "{v}");
+    }
     let pool = Value::Object(one(&r, "swiotlb").fields.clone());
     assert_eq!(
         u(&io, "window_size"),

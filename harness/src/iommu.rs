@@ -22,7 +22,13 @@
 //!   `translate_out` was refused (with or without `report_fault`), or bypassed the IOMMU when the
 //!   endpoint was in no domain.
 //! - Intel VT-d: its mappings live in guest page tables, which the trace does not show, so only
-//!   faults, pass-through accesses and (secure) the pool are checked for `vtd_dmar_translate`.
+//!   faults, pass-through accesses and (secure) the pool are checked for `vtd_dmar_translate`;
+//!   the IOTLB invalidations (`vtd_inv_desc_iotlb_*`, traced for the register interface too)
+//!   are counted against the guest's `iommu_unit` record.
+//! - x86 (both): a device that must be behind its IOMMU ([`Config::iommu_devices`]) must have
+//!   accesses translated by it, and must not be switched to bypass between its first and its
+//!   last one. The guest's teardown switches the devices back (VT-d turns translation off) after
+//!   they are done, so the state at the end of the trace says nothing.
 //!
 //! The verdict ([`Verdict`]) lists the first violations (deduplicated per kind, space and page)
 //! with the trace line, IOVA and physical address, counts them all, and gives the per-space
@@ -189,13 +195,24 @@ pub const H_GET_TCE: &str = "H_GET_TCE";
 pub const VIOMMU_ATTACH: &str = "ATTACH";
 pub const VIOMMU_MAP: &str = "MAP";
 pub const VIOMMU_UNMAP: &str = "UNMAP";
+pub const VIOMMU_DETACH: &str = "DETACH";
+/// VT-d IOTLB invalidations, by granularity (the guest's `calls_by_kind` names; global ones only
+/// in the `iommu_unit` record's `commands`).
+pub const VTD_IOTLB_PSI: &str = "IOTLB_PSI";
+pub const VTD_IOTLB_DSI: &str = "IOTLB_DSI";
+pub const VTD_IOTLB_GLOBAL: &str = "IOTLB_GLOBAL";
+/// Calls the guest counts per IOMMU unit (`iommu_unit`), not per domain: a domain's `iommu`
+/// record does not list them, and they are compared in [`Verdict::compare_units`].
+const UNIT_LEVEL_CALLS: [&str; 2] = [VIOMMU_ATTACH, VIOMMU_DETACH];
 
 /// Calls of one kind and the table entries they asked to write.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Calls {
     pub calls: u64,
     /// TCEs (H_PUT_TCE 1, H_PUT_TCE_INDIRECT its entries as traced, H_STUFF_TCE its pages,
-    /// H_GET_TCE 1); one per virtio-iommu request.
+    /// H_GET_TCE 1); virtio-iommu MAP and UNMAP: the 4 KiB pages of the request's range
+    /// (ATTACH, DETACH: 1); VT-d page-selective invalidations: the pages of the block (1 for
+    /// the others).
     pub entries: u64,
 }
 
@@ -300,8 +317,13 @@ pub struct Verdict {
     pub violation_count: usize,
     pub by_kind: BTreeMap<Kind, usize>,
     pub spaces: BTreeMap<Space, Counts>,
-    /// virtio-iommu and VT-d: whether each device's DMA went through the IOMMU at the end.
+    /// virtio-iommu and VT-d: whether each device's DMA went through the IOMMU at the end (the
+    /// last `*_switch_address_space`; the guest's teardown switches them back to bypass).
     pub devices: BTreeMap<Bdf, bool>,
+    /// virtio-iommu and VT-d: device accesses through the IOMMU, per device (its requester ID).
+    pub device_translations: BTreeMap<Bdf, u64>,
+    /// Calls that belong to no space: VT-d IOTLB invalidations ([`VTD_IOTLB_PSI`], ...).
+    pub unit_calls: BTreeMap<&'static str, Calls>,
     /// The trace log's [`TraceLog::summary`].
     pub trace_summary: String,
     /// What happened before [`Config::start_line`] (a firmware's work), all spaces together.
@@ -417,6 +439,17 @@ impl fmt::Display for Verdict {
                 c.maps, c.unmaps, c.translations, c.faults, c.live_at_end
             )?;
         }
+        if !self.unit_calls.is_empty() {
+            writeln!(
+                f,
+                "  unit: {}",
+                self.unit_calls
+                    .iter()
+                    .map(|(n, c)| format!("{} {n} ({} entries)", c.calls, c.entries))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )?;
+        }
         if self.start_line > 0 {
             let fw = &self.firmware;
             writeln!(
@@ -501,7 +534,7 @@ pub fn compare_counts(host: &Counts, guest: &GuestCounts) -> Vec<Violation> {
     }
     if !guest.calls.is_empty() {
         for (name, h) in &host.calls {
-            if !guest.calls.iter().any(|g| g.name == *name) {
+            if !guest.calls.iter().any(|g| g.name == *name) && !UNIT_LEVEL_CALLS.contains(name) {
                 differ(format!("{name} calls"), 0, h.calls);
             }
         }
@@ -581,10 +614,14 @@ struct GuestIommu {
     backend: String,
     domain: Hex,
     pages: u64,
+    #[serde(default)]
+    maps: u64,
+    #[serde(default)]
+    unmaps: u64,
     calls_by_kind: BTreeMap<String, GuestKind>,
 }
 
-#[derive(serde::Deserialize)]
+#[derive(serde::Deserialize, Default)]
 struct GuestKind {
     calls: u64,
     entries: u64,
@@ -592,12 +629,28 @@ struct GuestKind {
 
 /// Every domain the guest reports in an `iommu` record with `result` `ok` (a domain that failed
 /// to set up has no counts; its device fails).
+///
+/// On x86 the unit's teardown comes after the `iommu` records (`iommu_unit`, docs/report.md):
+/// when it went `ok`, it removed each mapping still live, one UNMAP per run of pages. A
+/// virtio-iommu domain's counts are the record's plus that: UNMAP calls `maps - unmaps` more,
+/// its entries `pages` more, and nothing mapped at the end.
 pub fn guest_domains(records: &[Record]) -> Vec<GuestDomain> {
+    let torn_down = records.iter().any(|r| {
+        r.event == "iommu_unit"
+            && r.get("kind").and_then(|v| v.as_str()) == Some("virtio-iommu")
+            && r.get("teardown").and_then(|v| v.as_str()) == Some("ok")
+    });
     records
         .iter()
         .filter(|r| r.event == "iommu" && r.get("result").and_then(|v| v.as_str()) == Some("ok"))
         .filter_map(|r| {
-            let io: GuestIommu = serde_json::from_value(r.get("iommu")?.clone()).ok()?;
+            let mut io: GuestIommu = serde_json::from_value(r.get("iommu")?.clone()).ok()?;
+            if io.backend == "virtio-iommu" && torn_down {
+                let unmap = io.calls_by_kind.entry(VIOMMU_UNMAP.into()).or_default();
+                unmap.calls += io.maps.saturating_sub(io.unmaps);
+                unmap.entries += io.pages;
+                io.pages = 0;
+            }
             let space = match io.backend.as_str() {
                 "tce" => Some(Space::Tce { liobn: io.domain.0 }),
                 "virtio-iommu" => u32::try_from(io.domain.0)
@@ -672,6 +725,102 @@ impl Verdict {
     }
 }
 
+/// An x86 IOMMU unit as the guest reports it (`iommu_unit`, after its teardown): the calls it
+/// counts for the whole unit, by the host's names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GuestUnit {
+    /// `virtio-iommu` or `vt-d`.
+    pub kind: String,
+    pub location: String,
+    pub calls: Vec<GuestCalls>,
+    /// The unit's teardown went `ok`: nothing is left mapped.
+    pub torn_down: bool,
+}
+
+/// Every `iommu_unit` record with `result` `ok`: virtio-iommu `requests` (attach, detach, map,
+/// unmap), VT-d IOTLB `commands` (page-selective with their pages, domain, global).
+pub fn guest_units(records: &[Record]) -> Vec<GuestUnit> {
+    let n = |v: &serde_json::Value, k: &str| v.get(k).and_then(|x| x.as_u64());
+    let calls = |name: &str, calls: Option<u64>, entries: Option<u64>| {
+        calls.map(|calls| GuestCalls {
+            name: name.into(),
+            calls,
+            entries,
+        })
+    };
+    records
+        .iter()
+        .filter(|r| {
+            r.event == "iommu_unit" && r.get("result").and_then(|v| v.as_str()) == Some("ok")
+        })
+        .filter_map(|r| {
+            let kind = r.get("kind")?.as_str()?.to_string();
+            let list: Vec<Option<GuestCalls>> = match kind.as_str() {
+                "virtio-iommu" => {
+                    let q = r.get("requests")?;
+                    vec![
+                        calls(VIOMMU_ATTACH, n(q, "attach"), None),
+                        calls(VIOMMU_DETACH, n(q, "detach"), None),
+                        calls(VIOMMU_MAP, n(q, "map"), None),
+                        calls(VIOMMU_UNMAP, n(q, "unmap"), None),
+                    ]
+                }
+                "vt-d" => {
+                    let c = r.get("commands")?;
+                    vec![
+                        calls(
+                            VTD_IOTLB_PSI,
+                            n(c, "iotlb_page"),
+                            Some(n(c, "iotlb_page_pages")?),
+                        ),
+                        calls(VTD_IOTLB_DSI, n(c, "iotlb_domain"), None),
+                        calls(VTD_IOTLB_GLOBAL, n(c, "iotlb_global"), None),
+                    ]
+                }
+                _ => return None,
+            };
+            Some(GuestUnit {
+                kind,
+                location: r
+                    .get("location")
+                    .and_then(|v| v.as_str())
+                    .unwrap_or_default()
+                    .to_string(),
+                calls: list.into_iter().collect::<Option<Vec<_>>>()?,
+                torn_down: r.get("teardown").and_then(|v| v.as_str()) == Some("ok"),
+            })
+        })
+        .collect()
+}
+
+impl Verdict {
+    /// Each x86 unit's counts against the host's: virtio-iommu requests over all its domains
+    /// (with nothing left mapped after a clean teardown), VT-d IOTLB invalidations.
+    pub fn compare_units(&mut self, units: &[GuestUnit]) {
+        for u in units {
+            let host = match u.kind.as_str() {
+                "virtio-iommu" => self.totals_where(|s| matches!(s, Space::ViommuDomain { .. })),
+                _ => Counts {
+                    calls: self.unit_calls.clone(),
+                    ..Default::default()
+                },
+            };
+            let guest = GuestCounts {
+                calls: u.calls.clone(),
+                live_pages: (u.kind == "virtio-iommu" && u.torn_down).then_some(0),
+                ..Default::default()
+            };
+            for mut x in compare_counts(&host, &guest) {
+                x.message = format!(
+                    "{} unit at {} (`iommu_unit` record): {}",
+                    u.kind, u.location, x.message
+                );
+                self.push(x);
+            }
+        }
+    }
+}
+
 /// The oracle over a traced run: [`check`] of its trace with [`config_for`] its report, and the
 /// host's counts against the guest's `iommu` records ([`Verdict::compare_domains`]). Under SLOF
 /// the firmware's own TCE work is set apart ([`guest_start_line`]). A run without a trace fails.
@@ -703,6 +852,7 @@ pub fn check_run(run: &RunResult) -> Verdict {
     }
     let mut v = check(log, &cfg);
     v.compare_domains(&domains);
+    v.compare_units(&guest_units(&run.records));
     v
 }
 
@@ -782,8 +932,17 @@ struct Replay<'a> {
     viommu_unmapped: BTreeMap<(u32, u64), (u64, usize)>,
     endpoints: BTreeMap<u32, u32>,
     pending: Vec<Pending>,
+    /// x86: per device, the lines of its first and last access through the IOMMU.
+    accesses: BTreeMap<Bdf, (usize, usize)>,
+    /// x86: per device, the lines where it was switched to bypass.
+    bypassed: BTreeMap<Bdf, Vec<usize>>,
     /// Past [`Config::start_line`]: events are checked and counted.
     checking: bool,
+}
+
+/// 4 KiB pages of the inclusive IOVA range of a virtio-iommu request.
+fn viommu_pages(start: u64, end: u64) -> u64 {
+    end.saturating_sub(start) / VIOMMU_PAGE + 1
 }
 
 /// Replays `log` and checks it (see the module doc).
@@ -801,6 +960,8 @@ pub fn check(log: &TraceLog, cfg: &Config) -> Verdict {
         viommu_unmapped: BTreeMap::new(),
         endpoints: BTreeMap::new(),
         pending: Vec::new(),
+        accesses: BTreeMap::new(),
+        bypassed: BTreeMap::new(),
         checking: true,
     };
     if let Some(p) = &log.problem {
@@ -1094,7 +1255,10 @@ impl Replay<'_> {
                     .call(VIOMMU_ATTACH, 1);
                 self.endpoints.insert(*endpoint, *domain);
             }
-            Event::ViommuDetach { .. } => {}
+            Event::ViommuDetach { domain, .. } => {
+                self.counts(Space::ViommuDomain { domain: *domain })
+                    .call(VIOMMU_DETACH, 1);
+            }
             Event::ViommuEndpointDetached { domain, endpoint } => {
                 if self.endpoints.get(endpoint) == Some(domain) {
                     self.endpoints.remove(endpoint);
@@ -1107,9 +1271,13 @@ impl Replay<'_> {
                 phys_start,
                 flags,
             } => self.viommu_map(line, *domain, *virt_start, *virt_end, *phys_start, *flags),
-            Event::ViommuUnmap { domain, .. } => {
+            Event::ViommuUnmap {
+                domain,
+                virt_start,
+                virt_end,
+            } => {
                 self.counts(Space::ViommuDomain { domain: *domain })
-                    .call(VIOMMU_UNMAP, 1);
+                    .call(VIOMMU_UNMAP, viommu_pages(*virt_start, *virt_end));
             }
             Event::ViommuUnmapDone {
                 domain,
@@ -1141,6 +1309,7 @@ impl Replay<'_> {
             Event::ViommuTranslate {
                 sid, addr, flag, ..
             } => {
+                self.device_access(line, Bdf::from_sid(*sid as u16));
                 let domain = self.endpoints.get(sid).copied();
                 let s = match domain {
                     Some(d) => Space::ViommuDomain { domain: d },
@@ -1169,9 +1338,7 @@ impl Replay<'_> {
                 self.domains.remove(domain);
                 self.endpoints.retain(|_, d| d != domain);
             }
-            Event::ViommuSwitch { device, enabled } => {
-                self.v.devices.insert(*device, *enabled);
-            }
+            Event::ViommuSwitch { device, enabled } => self.switch(line, *device, *enabled),
             Event::ViommuSetBypass { .. } => {}
             Event::ViommuReset => {
                 self.domains.clear();
@@ -1186,6 +1353,7 @@ impl Replay<'_> {
             } => {
                 let s = Space::Vtd { device: *device };
                 self.counts(s).translations += 1;
+                self.device_access(line, *device);
                 let size = mask.saturating_add(1);
                 if !self.in_pool(*gpa & !mask, size) {
                     let pool = self.pool_text();
@@ -1246,13 +1414,37 @@ impl Replay<'_> {
                     "a VT-d fault that was not recorded (fault processing disabled)".into(),
                 );
             }
-            Event::VtdSwitch { device, enabled } => {
-                self.v.devices.insert(*device, *enabled);
+            Event::VtdSwitch { device, enabled } => self.switch(line, *device, *enabled),
+            Event::VtdInvalidate { domain, addr, mask } => {
+                let (name, entries) = match (domain, addr, mask) {
+                    (Some(_), Some(_), Some(am)) => (VTD_IOTLB_PSI, 1u64 << (*am).min(63)),
+                    (Some(_), _, _) => (VTD_IOTLB_DSI, 1),
+                    _ => (VTD_IOTLB_GLOBAL, 1),
+                };
+                if self.checking {
+                    let c = self.v.unit_calls.entry(name).or_default();
+                    c.calls += 1;
+                    c.entries += entries;
+                }
             }
-            Event::VtdEnable { .. }
-            | Event::VtdInvalidate { .. }
-            | Event::VtdIotlb { .. }
-            | Event::VtdReset => {}
+            Event::VtdEnable { .. } | Event::VtdIotlb { .. } | Event::VtdReset => {}
+        }
+    }
+
+    /// A device access through an x86 IOMMU (translated or not).
+    fn device_access(&mut self, line: usize, device: Bdf) {
+        if !self.checking {
+            return;
+        }
+        *self.v.device_translations.entry(device).or_default() += 1;
+        let span = self.accesses.entry(device).or_insert((line, line));
+        span.1 = line;
+    }
+
+    fn switch(&mut self, line: usize, device: Bdf, enabled: bool) {
+        self.v.devices.insert(device, enabled);
+        if !enabled {
+            self.bypassed.entry(device).or_default().push(line);
         }
     }
 
@@ -1553,7 +1745,7 @@ impl Replay<'_> {
     ) {
         let s = Space::ViommuDomain { domain };
         self.counts(s).maps += 1;
-        self.counts(s).call(VIOMMU_MAP, 1);
+        self.counts(s).call(VIOMMU_MAP, viommu_pages(start, end));
         self.domains.entry(domain).or_default().insert(
             start,
             ViommuMapping {
@@ -1765,10 +1957,11 @@ impl Replay<'_> {
                 .live_at_end = m.len() as u64;
         }
         for d in &self.cfg.iommu_devices {
-            if self.v.devices.get(d) != Some(&true) {
+            let Some(&(first, last)) = self.accesses.get(d) else {
                 let why = match self.v.devices.get(d) {
-                    Some(false) => "its DMA bypasses the IOMMU (address space switched to bypass)",
-                    _ => "the trace never switched it to the IOMMU's address space",
+                    Some(true) => "its address space is the IOMMU's, but its DMA does not use it",
+                    Some(false) => "its address space was switched to bypass",
+                    None => "the trace never switched its address space",
                 };
                 self.violation(
                     0,
@@ -1776,7 +1969,28 @@ impl Replay<'_> {
                     None,
                     None,
                     None,
-                    format!("device {d}: {why}"),
+                    format!(
+                        "device {d}: no access of it went through the IOMMU, so its DMA bypasses \
+                         the IOMMU ({why})"
+                    ),
+                );
+                continue;
+            };
+            let off = self
+                .bypassed
+                .get(d)
+                .and_then(|l| l.iter().find(|&&l| l > first && l < last).copied());
+            if let Some(l) = off {
+                self.violation(
+                    l,
+                    Kind::Untranslated,
+                    None,
+                    None,
+                    None,
+                    format!(
+                        "device {d} was switched to bypass the IOMMU while in use (its accesses \
+                         through the IOMMU span lines {first} to {last})"
+                    ),
                 );
             }
         }
@@ -2028,6 +2242,55 @@ spapr_iommu_pci_put liobn=0x80000000 ioba=0x3000 tce=0x1400003 ret=0
         assert!(m[4].contains("0 H_GET_TCE calls, the host traced 1"), "{v}");
         // Only what the guest reports is compared.
         assert!(compare_counts(&Counts::default(), &GuestCounts::default()).is_empty());
+    }
+
+    /// x86: a virtio-iommu domain's `iommu` record comes before the unit's teardown, which
+    /// unmaps the pool; the `iommu_unit` record counts the whole unit. VT-d: the unit's IOTLB
+    /// commands against the traced invalidations.
+    #[test]
+    fn x86_units_against_the_host() {
+        let records = |unmap: u64, vtd_pages: u64| {
+            let text = format!(
+                "{}\n{}\n{}\n",
+                r#"@sg {"event":"iommu","v":1,"location":"00:02.0","result":"ok","iommu":{"backend":"virtio-iommu","mode":"dynamic","mode_reason":"x","mapping":"pool","domain":"0x0","window_base":"0x40000000","window_size":8192,"page_size":4096,"setup_calls":2,"dma_maps":1,"dma_unmaps":1,"maps":1,"unmaps":0,"calls":1,"failures":0,"exhausted":0,"pages":2,"pages_peak":2,"calls_by_kind":{"MAP":{"calls":1,"entries":2},"UNMAP":{"calls":0,"entries":0}}}}"#,
+                format_args!(
+                    r#"@sg {{"event":"iommu_unit","v":1,"kind":"virtio-iommu","location":"00:01.0","result":"ok","requests":{{"attach":1,"detach":1,"map":1,"unmap":{unmap},"probe":1,"failed":0}},"teardown":"ok"}}"#
+                ),
+                format_args!(
+                    r#"@sg {{"event":"iommu_unit","v":1,"kind":"vt-d","location":"0xfed90000","result":"ok","commands":{{"context":2,"iotlb_global":1,"iotlb_domain":1,"iotlb_page":1,"iotlb_page_pages":{vtd_pages},"write_buffer":0}},"teardown":"ok"}}"#
+                ),
+            );
+            crate::report::Report::parse(text.as_bytes()).records
+        };
+        let trace = "\
+virtio_iommu_attach domain=0 endpoint=16
+virtio_iommu_map domain=0 virt_start=0x40000000 virt_end=0x40001fff phys_start=0x1000000 flags=3
+virtio_iommu_unmap domain=0 virt_start=0x40000000 virt_end=0x40001fff
+virtio_iommu_unmap_done domain=0 virt_start=0x40000000 virt_end=0x40001fff
+virtio_iommu_detach domain=0 endpoint=16
+vtd_inv_desc_iotlb_global iotlb invalidate global
+vtd_inv_desc_iotlb_pages iotlb invalidate domain 0x1 addr 0x40000000 mask 0x2
+vtd_inv_desc_iotlb_domain iotlb invalidate whole domain 0x1
+";
+        let good = records(1, 4);
+        let domains = guest_domains(&good);
+        assert_eq!(domains[0].space, Some(Space::ViommuDomain { domain: 0 }));
+        assert_eq!(domains[0].counts.live_pages, Some(0), "torn down");
+        let mut v = plain(trace);
+        assert_eq!(v.unit_calls[VTD_IOTLB_PSI].entries, 4);
+        v.compare_domains(&domains);
+        v.compare_units(&guest_units(&good));
+        assert!(v.passed(), "{v}");
+        let bad = records(2, 8);
+        let mut v = plain(trace);
+        v.compare_units(&guest_units(&bad));
+        assert_eq!(kinds(&v), vec![Kind::CountMismatch; 2], "{v}");
+        assert!(
+            v.violations[0]
+                .message
+                .starts_with("virtio-iommu unit at 00:01.0 (`iommu_unit` record): the guest reports 2 UNMAP calls"),
+            "{v}"
+        );
     }
 
     /// The guest's `iommu` record (as the pseries guest writes it) against the host's counts of
@@ -2285,6 +2548,49 @@ virtio_iommu_unmap_done domain=1 virt_start=0x1000 virt_end=0x2fff
             [VIOMMU_ATTACH, VIOMMU_MAP, VIOMMU_UNMAP].map(|n| c.calls(n).calls),
             [1, 1, 1]
         );
+        // Entries are the pages of the request's range.
+        assert_eq!(c.calls(VIOMMU_MAP).entries, 2);
+        assert_eq!(c.calls(VIOMMU_UNMAP).entries, 0x10_0000);
+        assert_eq!(v.device_translations[&cfg.iommu_devices[0]], 2);
+        // A second device that must be behind the IOMMU, with no access through it: bypass.
+        let rng = Bdf {
+            bus: 0,
+            slot: 3,
+            func: 0,
+        };
+        let both = Config {
+            iommu_devices: vec![cfg.iommu_devices[0], rng],
+            ..cfg.clone()
+        };
+        let v = run(
+            &format!(
+                "virtio_iommu_switch_address_space Device 00:03.0 switching address space \
+                 (iommu enabled=1)\n{VIOMMU_GOOD}"
+            ),
+            &both,
+        );
+        assert_eq!(kinds(&v), vec![Kind::Untranslated], "{v}");
+        assert!(
+            v.violations[0]
+                .message
+                .starts_with("device 00:03.0: no access")
+                && v.violations[0].message.contains("bypasses the IOMMU"),
+            "{v}"
+        );
+        // Switched to bypass between two accesses; switched back at the end is fine (the
+        // guest's teardown).
+        let lines: Vec<&str> = VIOMMU_GOOD.lines().collect();
+        let off = "virtio_iommu_switch_address_space Device 00:02.0 switching address space \
+                   (iommu enabled=0)";
+        let mut mid = lines.clone();
+        mid.insert(6, off);
+        let v = run(&(mid.join("\n") + "\n"), &cfg);
+        assert_eq!(kinds(&v), vec![Kind::Untranslated], "{v}");
+        assert_eq!(v.violations[0].line, 7, "{v}");
+        assert!(v.violations[0].message.contains("while in use"), "{v}");
+        let v = run(&format!("{VIOMMU_GOOD}{off}\n"), &cfg);
+        assert!(v.passed(), "{v}");
+        assert!(!v.devices[&cfg.iommu_devices[0]]);
         // Unmapped too early: refused without a fault report (no event buffers), then with one.
         let early = format!(
             "{VIOMMU_GOOD}virtio_iommu_translate mr=m rid=16 addr=0x1800 flag=1\n\
@@ -2316,12 +2622,10 @@ virtio_iommu_translate mr=m rid=24 addr=0x3000 flag=1
                 Kind::OutsidePool,
                 Kind::Permission,
                 Kind::WrongTranslation,
-                Kind::Untranslated,
                 Kind::Untranslated
             ],
             "{v}"
         );
-        assert!(v.violations[4].message.contains("device 00:02.0"), "{v}");
         // A domain freed takes its mappings with it.
         let v = plain(
             "virtio_iommu_attach domain=1 endpoint=16\n\

@@ -21,8 +21,8 @@ use alloc::vec::Vec;
 use crate::dma::DmaError;
 use crate::dma::aperture::{self, X86_INTERRUPT_RANGE};
 use crate::dma::iommu::{
-    CallCount, DomainInfo, DomainSetup, IOVA_PAGES_MAX, IommuBackend, IommuDma, MAX_CALL_KINDS,
-    Perm,
+    CallCount, DomainInfo, DomainSetup, IOVA_PAGES_MAX, IommuBackend, IommuDebug, IommuDma,
+    MAX_CALL_KINDS, Perm,
 };
 use crate::dma::tce::Target;
 use crate::virtio::iommu::{
@@ -38,6 +38,8 @@ pub struct Attached {
     pub domain: u32,
     /// The static mapping of a pool domain: (IOVA, bytes).
     pub fixed: Option<(u64, u64)>,
+    /// `sg.debug.map_private` (test only): the private page mapped after the pool (IOVA, bytes).
+    pub private: Option<(u64, u64)>,
     /// What PROBE said.
     pub reserved: Vec<ResvRegion>,
 }
@@ -77,7 +79,7 @@ impl<'d, T: Transport + ?Sized, C: Clock> ViommuIommu<'d, T, C> {
         };
         let mut first = Ok(());
         for a in &self.attached {
-            if let Some((iova, len)) = a.fixed {
+            for (iova, len) in a.fixed.into_iter().chain(a.private) {
                 let r = d.request(&Request::Unmap {
                     domain: a.domain,
                     virt_start: iova,
@@ -178,6 +180,9 @@ pub struct ViommuSetup<T: Transport + ?Sized + 'static, C: Clock + 'static> {
     pub iommu: &'static spin::Mutex<ViommuIommu<'static, T, C>>,
     pub endpoint: u32,
     pub target: Target<'static>,
+    /// `sg.debug.unmap_early` (per-map domains), `sg.debug.map_private` (pool domains): test
+    /// only.
+    pub debug: IommuDebug,
 }
 
 impl<T: Transport + ?Sized + Send + 'static, C: Clock + Send + 'static> ViommuSetup<T, C> {
@@ -204,15 +209,18 @@ impl<T: Transport + ?Sized + Send + 'static, C: Clock + Send + 'static> ViommuSe
             Target::Pool { size, .. } => Some(*size),
             Target::Direct { .. } => None,
         };
-        let want = pool.unwrap_or(IOVA_PAGES_MAX << page_shift);
+        // sg.debug.map_private maps one more page after the pool: room for it.
+        let private_len = if self.debug.map_private { page } else { 0 };
+        let want = pool.map_or(IOVA_PAGES_MAX << page_shift, |s| s + private_len);
         let chosen = aperture::choose(input, &cuts, page, aperture::PREFERRED_BASE, want);
         let fixed = match (pool, chosen) {
-            (Some(size), Some((base, got))) if got >= size => Some((base, size)),
+            (Some(size), Some((base, got))) if got >= size + private_len => Some((base, size)),
             (Some(size), _) => {
                 io.attached.push(Attached {
                     endpoint: self.endpoint,
                     domain,
                     fixed: None,
+                    private: None,
                     reserved,
                 });
                 return Err(DmaError::TooLarge {
@@ -226,6 +234,9 @@ impl<T: Transport + ?Sized + Send + 'static, C: Clock + Send + 'static> ViommuSe
             endpoint: self.endpoint,
             domain,
             fixed,
+            private: fixed
+                .filter(|_| private_len > 0)
+                .map(|(b, s)| (b + s, private_len)),
             reserved,
         });
         drop(io);
@@ -257,7 +268,9 @@ impl<T: Transport + ?Sized + Send + 'static, C: Clock + Send + 'static> ViommuSe
         match self.target {
             Target::Direct { .. } => {
                 info.mapping = "per-map";
-                IommuDma::dynamic(backend, info)
+                let mut dma = IommuDma::dynamic(backend, info)?;
+                dma.set_debug_unmap_early(self.debug.unmap_early);
+                Ok(dma)
             }
             Target::Pool { bounce, phys, size } => {
                 info.mapping = "pool";
@@ -269,6 +282,11 @@ impl<T: Transport + ?Sized + Send + 'static, C: Clock + Send + 'static> ViommuSe
                     info,
                 );
                 dma.map_fixed(base, phys, size, Perm::RW)?;
+                if private_len > 0 {
+                    // Test only: a private page (guest-physical 0) for the device, right after
+                    // the pool; the host's IOMMU trace oracle must fail.
+                    dma.map_fixed(base + size, 0, private_len, Perm::READ)?;
+                }
                 dma.end_setup();
                 Ok(dma)
             }

@@ -204,6 +204,7 @@ pub fn iommu_domains(
                         sid: *sid,
                         target: target(),
                         rmrrs: rmrrs.clone(),
+                        debug: opts.debug_iommu,
                     };
                     domains.push(LazyDomain::new(bdf_str(*sid), Box::new(setup)));
                 }
@@ -279,6 +280,7 @@ pub fn iommu_domains(
                     iommu: io,
                     endpoint,
                     target: target(),
+                    debug: opts.debug_iommu,
                 };
                 domains.push(LazyDomain::new(bdf_str(b), Box::new(setup)));
             }

@@ -128,6 +128,7 @@ fn a_dynamic_domain_maps_each_buffer() {
         "00:02.0".into(),
         Box::new(ViommuSetup {
             iommu: io,
+            debug: Default::default(),
             endpoint: 0x10,
             target: Target::Direct {
                 ram_top: 1 << 30,
@@ -221,6 +222,7 @@ fn reserved_regions_stay_out_of_the_aperture() {
     let io = start(&b, direct);
     let dma = Box::new(ViommuSetup {
         iommu: io,
+        debug: Default::default(),
         endpoint: 0x10,
         target: Target::Direct {
             ram_top: 1 << 30,
@@ -244,6 +246,7 @@ fn setup_errors_reach_the_device() {
         "00:07.0".into(),
         Box::new(ViommuSetup {
             iommu: io,
+            debug: Default::default(),
             endpoint: 0x38,
             target: Target::Direct {
                 ram_top: 1 << 30,
@@ -272,6 +275,7 @@ fn the_pool_behind_virtio_iommu() {
     let io = start(&b, bounce);
     let dma = Box::new(ViommuSetup {
         iommu: io,
+        debug: Default::default(),
         endpoint: 0x10,
         target: Target::Pool {
             bounce,

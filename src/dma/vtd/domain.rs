@@ -23,7 +23,7 @@ use super::{CacheFlush, PTE_R, PTE_W, SlTable, VtdError, VtdUnit};
 use crate::dma::DmaError;
 use crate::dma::aperture::{self, X86_INTERRUPT_RANGE};
 use crate::dma::iommu::{
-    CallCount, DomainInfo, DomainSetup, IommuBackend, IommuDma, MAX_CALL_KINDS, Perm,
+    CallCount, DomainInfo, DomainSetup, IommuBackend, IommuDebug, IommuDma, MAX_CALL_KINDS, Perm,
 };
 use crate::dma::tce::Target;
 use crate::virtio::regs::Registers;
@@ -177,6 +177,9 @@ pub struct VtdSetup<R: Registers + 'static, C: Clock + 'static> {
     pub target: Target<'static>,
     /// RMRR ranges (base, inclusive limit) of this function: identity-mapped, never handed out.
     pub rmrrs: Vec<(u64, u64)>,
+    /// `sg.debug.unmap_early` (per-map domains), `sg.debug.map_private` (pool domains): test
+    /// only.
+    pub debug: IommuDebug,
 }
 
 impl<R: Registers + Send + 'static, C: Clock + Send + 'static> VtdSetup<R, C> {
@@ -188,8 +191,10 @@ impl<R: Registers + Send + 'static, C: Clock + Send + 'static> VtdSetup<R, C> {
         let table = SlTable::new(v.unit.dma(), levels, flush)?;
         let mut reserved = self.rmrrs.clone();
         reserved.push(X86_INTERRUPT_RANGE);
+        // sg.debug.map_private maps one more page after the pool: room for it.
+        let private_len = if self.debug.map_private { 4096 } else { 0 };
         let want = match self.target {
-            Target::Pool { size, .. } => size,
+            Target::Pool { size, .. } => size + private_len,
             Target::Direct { .. } => WANT,
         };
         let Some((base, size)) =
@@ -248,7 +253,9 @@ impl<R: Registers + Send + 'static, C: Clock + Send + 'static> VtdSetup<R, C> {
         let dma = match self.target {
             Target::Direct { .. } => {
                 info.mapping = "per-map";
-                IommuDma::dynamic(backend, info)?
+                let mut dma = IommuDma::dynamic(backend, info)?;
+                dma.set_debug_unmap_early(self.debug.unmap_early);
+                dma
             }
             Target::Pool { bounce, phys, size } => {
                 info.mapping = "pool";
@@ -260,6 +267,11 @@ impl<R: Registers + Send + 'static, C: Clock + Send + 'static> VtdSetup<R, C> {
                     info,
                 );
                 dma.map_fixed(base, phys, size, Perm::RW)?;
+                if private_len > 0 {
+                    // Test only: a private page (guest-physical 0) for the device, right after
+                    // the pool. The trace shows it only when the device reaches it.
+                    dma.map_fixed(base + size, 0, private_len, Perm::READ)?;
+                }
                 dma.end_setup();
                 dma
             }

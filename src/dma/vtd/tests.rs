@@ -824,6 +824,7 @@ fn setup(vtd: Shared, sid: u16, target: Target<'static>) -> Result<IommuDma<'sta
         sid,
         target,
         rmrrs: Vec::new(),
+        debug: Default::default(),
     })
     .go_for_test()
 }
@@ -974,6 +975,7 @@ fn lazy_domain_sets_up_on_first_use_only() {
                 direct,
             },
             rmrrs: vec![(0xe_0000, 0xf_ffff)],
+            debug: Default::default(),
         }),
     );
     assert!(lazy.state().is_none());
