@@ -134,6 +134,7 @@ fn vof_dynamic_batched() {
         IommuExpect {
             tce: Some("dynamic"),
             no_batch: false,
+            x86: None,
         },
         None,
     );
@@ -174,6 +175,7 @@ fn vof_dynamic_unbatched() {
         IommuExpect {
             tce: Some("dynamic"),
             no_batch: true,
+            x86: None,
         },
         None,
     );
@@ -218,6 +220,7 @@ fn secure_pool(mode: Option<&'static str>, firmware: Firmware) -> (Vec<Value>, V
         IommuExpect {
             tce: mode,
             no_batch: false,
+            x86: None,
         },
         Some(SecureExpect::emulate()),
     );
@@ -258,6 +261,7 @@ fn slof_dynamic() {
         IommuExpect {
             tce: Some("dynamic"),
             no_batch: false,
+            x86: None,
         },
         None,
     );

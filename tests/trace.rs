@@ -16,10 +16,14 @@
 //!   the pool when secure); a device without `iommu_platform` on the same machine bypasses the
 //!   IOMMU, and an oracle that requires it behind the IOMMU must FAIL. The negative controls
 //!   `sg.debug.unmap_early` (both) and `sg.debug.map_private` (virtio-iommu) must fail it too.
+//! - x86 matrix cells behind an IOMMU (`matrix --x86-iommu`): every device of the matrix (two
+//!   disks, a NIC, a console, an entropy source) behind virtio-iommu, and a secure cell behind
+//!   VT-d, pass the data oracles and the IOMMU trace oracle.
 
 use std::collections::HashSet;
 use std::path::PathBuf;
 
+use harness::devices::Iommu;
 use harness::devices::{Ring, Transport};
 use harness::iommu::{self, Kind, Space};
 use harness::matrix::{self, Cell, CellResult, CellVerdict, RunOptions, TceMode};
@@ -562,4 +566,42 @@ fn q35_a_private_page_mapped_fails_the_oracle() {
             .starts_with("mapped 0x1000 bytes outside the shared pool"),
         "{v}"
     );
+}
+
+/// A q35 pci-modern matrix cell with every device behind `iommu`, run and checked by the data
+/// oracles and the IOMMU trace oracle.
+fn x86_iommu_cell(iommu: Iommu, ring: Ring, secure: Option<SecureExpect>) -> iommu::Verdict {
+    image(Arch::X86_64);
+    let cell = Cell {
+        machine: Machine::Q35,
+        firmware: None,
+        transport: Transport::PciModern,
+        ring,
+    };
+    let opts = RunOptions {
+        x86_iommu: Some(iommu),
+        secure,
+        ..Default::default()
+    };
+    let e = matrix::expected_for(&cell, &opts);
+    assert!(e.iommu_platform);
+    let r = matrix::run_cell(&cell, &e, &opts);
+    assert_eq!(r.verdict, CellVerdict::Pass, "\n{r}");
+    let run = r.run.as_ref().unwrap();
+    clean_trace(run);
+    let v = iommu::check_run(run);
+    assert!(v.passed(), "{v}\n{r}");
+    assert!(v.totals().translations > 100, "{v}");
+    v
+}
+
+#[test]
+fn q35_virtio_iommu_matrix_cell_passes_the_oracle() {
+    let v = x86_iommu_cell(Iommu::VirtioIommu, Ring::Packed, None);
+    assert_eq!(v.totals().live_at_end, 0, "{v}");
+}
+
+#[test]
+fn q35_secure_vtd_matrix_cell_passes_the_oracle() {
+    x86_iommu_cell(Iommu::Vtd, Ring::Split, Some(SecureExpect::emulate()));
 }

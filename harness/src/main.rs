@@ -167,6 +167,12 @@ struct MatrixArgs {
     /// a TCE IOMMU are skipped.
     #[arg(long)]
     tce: Option<matrix::TceMode>,
+    /// IOMMU cells on x86: q35 (and pc, for virtio-iommu) pci-modern devices get
+    /// iommu_platform=on behind this IOMMU (virtio-iommu or vt-d), on `iommu`, or with --secure
+    /// emulate `iommu+bounce`. QEMU traces the IOMMU, and the IOMMU trace oracle checks it.
+    /// Other x86 cells are skipped; with --tce too, pseries cells take the TCE IOMMU.
+    #[arg(long)]
+    x86_iommu: Option<harness::devices::Iommu>,
 }
 
 /// `4096`, `0x1000`, `64K`, `4M`, `1G`.
@@ -528,6 +534,7 @@ fn run_matrix(m: MatrixArgs) -> Result<bool> {
             pool_size: None,
         }),
         tce: m.tce,
+        x86_iommu: m.x86_iommu,
     };
     let planned = matrix::filter(matrix::plan(m.all_slof), &m.filter);
     if planned.is_empty() {

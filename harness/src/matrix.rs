@@ -28,7 +28,10 @@
 //! their devices behind the PHB's TCE IOMMU ([`iommu_expected`]: `iommu_platform=on`, `sg.tce`),
 //! on `iommu`, or `iommu+bounce` with `--secure emulate`. QEMU traces the IOMMU
 //! ([`traced_iommu`]) and the IOMMU trace oracle ([`crate::iommu::check_run`]) joins the others.
-//! Cells without a TCE IOMMU are skipped ([`option_skip`]).
+//! `--x86-iommu virtio-iommu|vt-d` ([`RunOptions::x86_iommu`]) does the same for the x86 cells
+//! that can have that IOMMU (q35, and pc for virtio-iommu; pci modern): QEMU gets the IOMMU
+//! device, the devices `iommu_platform=on`. Cells without the IOMMU asked for are skipped
+//! ([`option_skip`]); both options together give every machine its own.
 use std::fmt;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -39,7 +42,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 
 use crate::config::{Accel, Firmware, Machine, QemuConfig, shell_join};
-use crate::devices::{Device, Mac, Ring, Transport, VirtioSetup};
+use crate::devices::{Device, Iommu, Mac, Ring, Transport, VirtioSetup};
 use crate::dump;
 use crate::echo::{self, EchoBackend};
 use crate::iommu;
@@ -223,6 +226,9 @@ pub struct RunOptions {
     /// IOMMU cells (`matrix --tce`): pseries pci-modern devices behind the PHB's TCE IOMMU with
     /// this `sg.tce`, traced and checked by the IOMMU trace oracle (see [`iommu_expected`]).
     pub tce: Option<TceMode>,
+    /// IOMMU cells (`matrix --x86-iommu`): x86 pci-modern devices behind this IOMMU, traced and
+    /// checked by the IOMMU trace oracle (see [`x86_iommu_expected`]).
+    pub x86_iommu: Option<Iommu>,
 }
 
 /// `sg.tce` of IOMMU cells.
@@ -261,20 +267,36 @@ impl std::str::FromStr for TceMode {
 }
 
 /// Why `cell` does not run under `opts`, when an option narrows the matrix: `--tce` needs a
-/// pseries PHB and a transport that can offer `ACCESS_PLATFORM`.
+/// pseries PHB, `--x86-iommu` an x86 machine that can have that IOMMU, and both a transport that
+/// can offer `ACCESS_PLATFORM`. With both options, each machine takes the one that fits it.
 pub fn option_skip(cell: &Cell, opts: &RunOptions) -> Option<String> {
-    opts.tce?;
-    if cell.machine != Machine::Pseries {
-        return Some(format!(
-            "--tce: {} has no TCE IOMMU (x86 IOMMU cells come with the virtio-iommu and VT-d \
-             guest paths)",
-            cell.machine
-        ));
+    if opts.tce.is_none() && opts.x86_iommu.is_none() {
+        return None;
     }
+    let flag = match (cell.machine, opts.tce, opts.x86_iommu) {
+        (Machine::Pseries, Some(_), _) => "--tce",
+        (Machine::Pseries, None, _) => {
+            return Some(
+                "--x86-iommu: pseries has its own IOMMU, the PHB's TCE tables (--tce)".into(),
+            );
+        }
+        (m, _, None) => {
+            return Some(format!(
+                "--tce: {m} has no TCE IOMMU (--x86-iommu puts x86 devices behind one)"
+            ));
+        }
+        (m, _, Some(i)) => {
+            if let Err(e) = i.qemu_args(m) {
+                return Some(format!("--x86-iommu {i}: {e}"));
+            }
+            "--x86-iommu"
+        }
+    };
     cell.transport.is_legacy().then(|| {
-        "--tce: a legacy device cannot offer ACCESS_PLATFORM, so it never sits behind the IOMMU \
-         (QEMU refuses iommu_platform=on on it)"
-            .to_string()
+        format!(
+            "{flag}: a legacy device cannot offer ACCESS_PLATFORM, so it never sits behind the \
+             IOMMU (QEMU refuses iommu_platform=on on it)"
+        )
     })
 }
 
@@ -290,14 +312,17 @@ pub fn apply_options(plan: Vec<Planned>, opts: &RunOptions) -> Vec<Planned> {
         .collect()
 }
 
-/// What a cell does: [`standard_expected`], behind the TCE IOMMU as `opts.tce` asks, made
-/// secure as `opts.secure` asks.
+/// What a cell does: [`standard_expected`], behind the IOMMU `opts.tce` or `opts.x86_iommu`
+/// asks for, made secure as `opts.secure` asks.
 pub fn expected_for(cell: &Cell, opts: &RunOptions) -> Expected {
     let mut e = standard_expected(cell.transport, cell.ring);
-    if let Some(t) = opts.tce
-        && option_skip(cell, opts).is_none()
-    {
-        e = iommu_expected(e, t);
+    if option_skip(cell, opts).is_none() {
+        match (cell.machine, opts.tce, opts.x86_iommu) {
+            (Machine::Pseries, Some(t), _) => e = iommu_expected(e, t),
+            (Machine::Pseries, None, _) => {}
+            (_, _, Some(i)) => e = x86_iommu_expected(e, i),
+            (_, _, None) => {}
+        }
     }
     match &opts.secure {
         Some(s) => secure_expected(cell, e, *s),
@@ -313,15 +338,34 @@ pub fn iommu_expected(mut e: Expected, mode: TceMode) -> Expected {
     e.iommu = Some(IommuExpect {
         tce: Some(mode.as_str()),
         no_batch: false,
+        x86: None,
     });
     e
 }
 
-/// The IOMMU whose trace events a cell's run enables: the pseries TCE IOMMU when the devices
-/// sit behind it.
+/// `e` with its devices behind the x86 IOMMU `iommu`, which QEMU gets as a device:
+/// `iommu_platform=on`, so the devices take `iommu` (`iommu+bounce` when secure), traced and
+/// checked by the IOMMU trace oracle.
+pub fn x86_iommu_expected(mut e: Expected, iommu: Iommu) -> Expected {
+    e.iommu_platform = true;
+    e.iommu = Some(IommuExpect {
+        tce: None,
+        no_batch: false,
+        x86: Some(iommu),
+    });
+    e
+}
+
+/// The IOMMU whose trace events a cell's run enables: the pseries TCE IOMMU or the x86 IOMMU
+/// when the devices sit behind it.
 pub fn traced_iommu(cell: &Cell, e: &Expected) -> Option<IommuKind> {
-    (cell.machine == Machine::Pseries && e.iommu.is_some() && e.access_platform_offered())
-        .then_some(IommuKind::SpaprTce)
+    let i = e.iommu.as_ref().filter(|_| e.access_platform_offered())?;
+    match (cell.machine, i.x86) {
+        (Machine::Pseries, _) => Some(IommuKind::SpaprTce),
+        (_, Some(Iommu::VirtioIommu)) => Some(IommuKind::VirtioIommu),
+        (_, Some(Iommu::Vtd)) => Some(IommuKind::IntelVtd),
+        (_, None) => None,
+    }
 }
 
 /// `e` with the secure options `s`, adapted to the cell: x86 devices get `iommu_platform=on`
@@ -330,8 +374,8 @@ pub fn traced_iommu(cell: &Cell, e: &Expected) -> Option<IommuKind> {
 /// cell whose devices will all be refused asks for no write.
 pub fn secure_expected(cell: &Cell, mut e: Expected, mut s: SecureExpect) -> Expected {
     if s.mode == SecureMode::Emulate {
-        if cell.machine == Machine::Pseries && e.iommu.is_some() {
-            // Behind the TCE IOMMU: `iommu+bounce`, the IOMMU maps only the pool.
+        if e.iommu.is_some() {
+            // Behind an IOMMU: `iommu+bounce`, the IOMMU maps only the pool.
         } else if cell.machine == Machine::Pseries {
             e.iommu_platform = false;
             s.legacy.get_or_insert(LegacyDevices::Bounce);
@@ -460,6 +504,9 @@ pub fn reproduce_command(cell: &Cell, opts: &RunOptions) -> String {
     if let Some(t) = opts.tce {
         c.push_str(&format!(" --tce {t}"));
     }
+    if let Some(i) = opts.x86_iommu {
+        c.push_str(&format!(" --x86-iommu {i}"));
+    }
     if cell.is_slof() {
         c.push_str(" --all-slof");
     }
@@ -580,7 +627,14 @@ fn run_cell_inner(
     config.timeout = opts
         .timeout
         .unwrap_or(Duration::from_secs(if cell.is_slof() { 60 } else { 30 }));
-    config.extra_args = args;
+    // An x86 IOMMU is a device of its own, before the ones behind it.
+    config.extra_args = match expected.iommu.as_ref().and_then(|i| i.x86) {
+        Some(i) => i
+            .qemu_args(cell.machine)
+            .map_err(|e| anyhow::anyhow!("{e}"))?,
+        None => Vec::new(),
+    };
+    config.extra_args.extend(args);
     // Devices behind an IOMMU: QEMU traces what the IOMMU does, for the IOMMU trace oracle.
     if let Some(k) = traced_iommu(cell, expected) {
         config.trace_events = trace::patterns_for(&[k]);
@@ -1073,6 +1127,95 @@ mod tests {
         );
         assert_eq!("dynamic".parse::<TceMode>().unwrap(), TceMode::Dynamic);
         assert!("static".parse::<TceMode>().is_err());
+    }
+
+    #[test]
+    fn x86_iommu_cells() {
+        let cell = |machine, transport| Cell {
+            machine,
+            firmware: None,
+            transport,
+            ring: Ring::Packed,
+        };
+        let q35 = cell(Machine::Q35, Transport::PciModern);
+        let viommu = RunOptions {
+            x86_iommu: Some(Iommu::VirtioIommu),
+            ..Default::default()
+        };
+        let e = expected_for(&q35, &viommu);
+        assert!(e.iommu_platform);
+        assert_eq!(
+            e.iommu.as_ref().and_then(|i| i.x86),
+            Some(Iommu::VirtioIommu)
+        );
+        assert_eq!(e.dma_expect(), oracle::DmaExpect::Iommu);
+        assert_eq!(traced_iommu(&q35, &e), Some(IommuKind::VirtioIommu));
+        assert!(!e.cmdline().contains("sg.tce"), "{}", e.cmdline());
+        let secure = RunOptions {
+            secure: Some(SecureExpect::emulate()),
+            ..viommu.clone()
+        };
+        let e = expected_for(&q35, &secure);
+        assert!(e.iommu_platform);
+        assert_eq!(e.dma_expect(), oracle::DmaExpect::IommuBounce);
+        assert!(
+            reproduce_command(&q35, &secure).ends_with("--secure emulate --x86-iommu virtio-iommu"),
+            "{}",
+            reproduce_command(&q35, &secure)
+        );
+        let vtd = RunOptions {
+            x86_iommu: Some(Iommu::Vtd),
+            ..Default::default()
+        };
+        assert_eq!(
+            traced_iommu(&q35, &expected_for(&q35, &vtd)),
+            Some(IommuKind::IntelVtd)
+        );
+        // VT-d is q35's only; virtio-iommu needs PCI; legacy devices cannot be behind either.
+        let pc = cell(Machine::Pc, Transport::PciModern);
+        assert_eq!(option_skip(&pc, &viommu), None);
+        for (c, o, start) in [
+            (pc, &vtd, "--x86-iommu vt-d: "),
+            (
+                cell(Machine::Microvm, Transport::MmioV2),
+                &viommu,
+                "--x86-iommu virtio-iommu: ",
+            ),
+            (
+                cell(Machine::Q35, Transport::PciLegacy),
+                &viommu,
+                "--x86-iommu: ",
+            ),
+            (
+                cell(Machine::Pseries, Transport::PciModern),
+                &viommu,
+                "--x86-iommu: ",
+            ),
+        ] {
+            let why = option_skip(&c, o).expect("skipped");
+            assert!(why.starts_with(start), "{why}");
+            assert!(expected_for(&c, o).iommu.is_none());
+        }
+        // Both options: every machine takes its own IOMMU.
+        let both = RunOptions {
+            tce: Some(TceMode::Dynamic),
+            ..vtd.clone()
+        };
+        let running: Vec<String> = apply_options(plan(false), &both)
+            .iter()
+            .filter(|p| p.skip.is_none())
+            .map(|p| p.cell.name())
+            .collect();
+        assert_eq!(
+            running,
+            [
+                "pseries-vof/pci-modern/split",
+                "pseries-vof/pci-modern/packed",
+                "pseries-slof/pci-modern/packed",
+                "q35/pci-modern/split",
+                "q35/pci-modern/packed"
+            ]
+        );
     }
 
     #[test]

@@ -174,13 +174,16 @@ pub struct Expected {
     pub iommu: Option<IommuExpect>,
 }
 
-/// The IOMMU options of a run whose devices sit behind one (`sg.tce`, `sg.tce.batch`).
+/// The IOMMU options of a run whose devices sit behind one (`sg.tce`, `sg.tce.batch`), and on
+/// x86 which IOMMU the host adds to the machine.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct IommuExpect {
     /// `sg.tce` (`dynamic`, `ddw`), when given.
     pub tce: Option<&'static str>,
     /// `sg.tce.batch=0`.
     pub no_batch: bool,
+    /// x86: the IOMMU device QEMU gets (`None` on pseries, whose PHB has its TCE IOMMU).
+    pub x86: Option<crate::devices::Iommu>,
 }
 
 /// The DMA path a device should report (`virtio.dma`, `dma_reason`, `result`).

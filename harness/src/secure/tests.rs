@@ -80,6 +80,7 @@ fn correct_secure_guests_pass() {
         e.iommu = Some(crate::oracle::IommuExpect {
             tce: Some("ddw"),
             no_batch: true,
+            x86: None,
         });
         e
     };
