@@ -125,7 +125,7 @@ pub fn boot_main(info: BootInfo) -> ! {
         Some(blob) => match devtree::parse(blob) {
             Ok(t) => Some(t),
             Err(e) => {
-                report_error("devtree", &alloc::format!("{e:?}"));
+                report_error("devtree", &alloc::format!("{e}"));
                 None
             }
         },

@@ -54,6 +54,22 @@ pub enum DtError {
     },
 }
 
+/// The `message` of the `error` record. Not `Debug`: that pulls `core::fmt`'s escaping and its
+/// Unicode tables into the guest image for one message.
+impl core::fmt::Display for DtError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            DtError::Truncated { need, have } => {
+                write!(f, "truncated: {need} bytes needed, {have} present")
+            }
+            DtError::BadMagic(m) => write!(f, "bad magic {m:#x}"),
+            DtError::UnsupportedVersion(v) => write!(f, "unsupported version {v}"),
+            DtError::BadHeader(why) => write!(f, "bad header: {why}"),
+            DtError::BadStructure { offset, why } => write!(f, "at offset {offset:#x}: {why}"),
+        }
+    }
+}
+
 /// A virtio-mmio transport described by the tree (`compatible = "virtio,mmio"`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VirtioMmioNode {

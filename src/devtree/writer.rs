@@ -18,6 +18,15 @@ pub enum WriteError {
     Unbalanced,
 }
 
+impl WriteError {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            WriteError::NoSpace => "no space left in the FDT buffer",
+            WriteError::Unbalanced => "unbalanced nodes",
+        }
+    }
+}
+
 pub struct FdtWriter<'a> {
     buf: &'a mut [u8],
     strings: &'a mut [u8],

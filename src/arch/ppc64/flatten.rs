@@ -70,6 +70,15 @@ pub enum FlattenError {
     Writer(WriteError),
 }
 
+impl FlattenError {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            FlattenError::NoRoot => "no root node",
+            FlattenError::Writer(e) => e.as_str(),
+        }
+    }
+}
+
 impl From<WriteError> for FlattenError {
     fn from(e: WriteError) -> Self {
         FlattenError::Writer(e)

@@ -485,9 +485,9 @@ unsafe fn firmware_phase(of_entry: u64, image: (u64, u64)) -> Learned {
             match result {
                 Ok(()) => match w.finish(0) {
                     Ok(blob) => learned.fdt = Some(blob),
-                    Err(e) => defer_error("devtree", format_args!("flattening: {e:?}")),
+                    Err(e) => defer_error("devtree", format_args!("flattening: {}", e.as_str())),
                 },
-                Err(e) => defer_error("devtree", format_args!("flattening: {e:?}")),
+                Err(e) => defer_error("devtree", format_args!("flattening: {}", e.as_str())),
             }
             let f = &learned.found;
             if f.truncated || f.skipped_props > 0 || f.bad_names > 0 {
@@ -503,7 +503,7 @@ unsafe fn firmware_phase(of_entry: u64, image: (u64, u64)) -> Learned {
                 );
             }
         }
-        Err(e) => defer_error("devtree", format_args!("FDT buffer: {e:?}")),
+        Err(e) => defer_error("devtree", format_args!("FDT buffer: {}", e.as_str())),
     }
     learned
 }
@@ -631,7 +631,10 @@ extern "C" fn sg_ppc64_start(
         // SAFETY: the firmware is never called again, and the image (QEMU's kernel-addr is
         // 4 MiB by default) starts above the vectors, as just checked.
         if let Err(e) = unsafe { vectors::install() } {
-            defer_error("interrupts", format_args!("vectors not installed: {e:?}"));
+            defer_error(
+                "interrupts",
+                format_args!("vectors not installed: {}", e.as_str()),
+            );
         }
     } else {
         defer_error(

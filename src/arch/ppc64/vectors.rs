@@ -61,6 +61,14 @@ pub enum InstallError {
     UnexpectedStub,
 }
 
+impl InstallError {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            InstallError::UnexpectedStub => "the assembled stub is not the expected one",
+        }
+    }
+}
+
 /// Copies the stub to every vector and points the stubs at the common handler.
 ///
 /// # Safety

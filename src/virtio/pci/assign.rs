@@ -258,8 +258,10 @@ pub fn assign_bars<C: PciConfigAccess + ?Sized>(
                 }
             }
             None => a.problems.push(format!(
-                "BAR {} ({:?}, {:#x} bytes) does not fit any host bridge window",
-                bar.index, bar.kind, bar.size
+                "BAR {} ({}, {:#x} bytes) does not fit any host bridge window",
+                bar.index,
+                bar.kind.as_str(),
+                bar.size
             )),
         }
     }

@@ -13,6 +13,16 @@ pub enum BarKind {
     Mem64,
 }
 
+impl BarKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BarKind::Io => "io",
+            BarKind::Mem32 => "mem32",
+            BarKind::Mem64 => "mem64",
+        }
+    }
+}
+
 /// One implemented BAR.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Bar {
