@@ -19,6 +19,7 @@
 //! guests: [`dump`] (guest memory of a run held at shutdown, over QMP `pmemsave`) and [`secure`]
 //! (the memory-dump oracle: nothing private in the shared swiotlb pool).
 
+pub mod bench;
 pub mod config;
 pub mod devices;
 pub mod dump;
