@@ -65,8 +65,9 @@ pub const CLOCK_TOLERANCE: f64 = 0.02;
 const CLOCK_MIN_SPAN: Duration = Duration::from_millis(100);
 /// A KVM platform whose probe reads slower than this runs its boot figures only.
 const KVM_MIN_MBPS: f64 = 20.0;
-/// Rounds of a boot-only (KVM) cell: each of its runs costs seconds of VM creation here.
-const BOOT_ONLY_ROUNDS: u32 = 3;
+/// Rounds of a boot-only (KVM) cell, with one boot pair each: each of its runs costs seconds of
+/// VM creation here.
+const BOOT_ONLY_ROUNDS: u32 = 2;
 /// The workload the targets and the cost table use: 64 KiB sequential reads, queue depth full.
 pub const HEADLINE: Workload = Workload {
     req: 64 << 10,
@@ -294,6 +295,8 @@ pub struct BenchOptions {
     pub profile: &'static str,
     /// Rounds (each cell's figures are medians over them).
     pub repeats: u32,
+    /// Boot/no-op pairs per round (KVM: 1).
+    pub boot_pairs: u32,
     pub sizes: Sizes,
     /// No new round of a cell starts when it would end after this.
     pub budget: Duration,
@@ -310,11 +313,12 @@ pub struct BenchOptions {
 }
 
 impl BenchOptions {
-    /// `make bench`: 5 rounds, under 10 minutes.
+    /// `make bench`: 7 rounds, under 10 minutes.
     pub fn default_profile(out_dir: PathBuf) -> BenchOptions {
         BenchOptions {
             profile: "default",
-            repeats: 5,
+            repeats: 7,
+            boot_pairs: 3,
             sizes: Sizes {
                 small: 8 << 20,
                 large: 32 << 20,
@@ -334,6 +338,7 @@ impl BenchOptions {
         BenchOptions {
             profile: "quick",
             repeats: 3,
+            boot_pairs: 2,
             sizes: Sizes {
                 small: 2 << 20,
                 large: 8 << 20,
@@ -447,6 +452,9 @@ pub struct CellReport {
     pub boot_phases_ms: Vec<(String, f64)>,
     /// Runs that failed, data that did not check out, clock checks out of tolerance.
     pub failures: Vec<String>,
+    /// Where the guest's clock came from (`boot.tick_source`, `tick_hz`): `timebase-frequency
+    /// 512000000 Hz` (pseries), `pit 2600000000 Hz` (the TSC counted against the PIT).
+    pub clock_source: Option<String>,
 }
 
 impl CellReport {
@@ -500,6 +508,9 @@ pub struct Meta {
     pub rounds: u32,
     pub wall_s: f64,
     pub budget_s: f64,
+    /// The host's 1-minute load average when the bench started and when it ended (other work
+    /// on the machine shows here, and in the spread of the figures).
+    pub load: (f64, f64),
     pub sizes: Sizes,
     pub notes: Vec<String>,
 }
@@ -801,7 +812,8 @@ fn run_timed(config: &QemuConfig) -> Result<Timed> {
         if exited || Instant::now() >= deadline {
             break;
         }
-        std::thread::sleep(Duration::from_millis(1));
+        // 2 ms: precise enough for spans of 100 ms and more, and light on 2 busy cores.
+        std::thread::sleep(Duration::from_millis(2));
     }
     // Either exited (wait returns at once) or past the deadline (wait kills it).
     let run = running.wait()?;
@@ -887,6 +899,10 @@ struct Cell {
     failures: Vec<String>,
     last_round: Option<Duration>,
     rounds: u32,
+    /// KVM probes: MB/s of their read.
+    probe_mbps: Option<f64>,
+    /// The guest's clock, from the probe's `boot` record.
+    clock_source: Option<String>,
 }
 
 impl Cell {
@@ -1020,6 +1036,13 @@ impl Runner<'_> {
                 return;
             }
         };
+        cell.clock_source = r.events("boot").next().map(|b| {
+            format!(
+                "{} {} Hz",
+                b.get("tick_source").and_then(Value::as_str).unwrap_or("?"),
+                b.get("tick_hz").map_or("?".into(), Value::to_string)
+            )
+        });
         if let Err(why) = probe_verdict(&r, cell.path) {
             cell.status = CellStatus::NotAvailable;
             cell.reason = Some(why);
@@ -1033,13 +1056,24 @@ impl Runner<'_> {
                     Some(field_u64(b, "read_bytes")? as f64 / us.max(1) as f64)
                 })
                 .unwrap_or(0.0);
+            cell.probe_mbps = Some(mbps);
             if mbps < KVM_MIN_MBPS {
                 cell.status = CellStatus::BootOnly;
                 cell.reason = Some(format!(
                     "KVM here read {mbps:.2} MB/s in the probe (256 KiB; nested KVM): too slow \
-                     to measure within the budget, boot figures only (at most {BOOT_ONLY_ROUNDS} \
-                     rounds)"
+                     to measure within the budget, boot figures only ({BOOT_ONLY_ROUNDS} rounds)"
                 ));
+            }
+        }
+    }
+
+    /// Boots the guest and then the no-op payload, `n` times.
+    fn boot_pairs(&mut self, cell: &mut Cell, n: u32) {
+        for _ in 0..n {
+            let before = cell.failures.len();
+            self.boot_pair(cell);
+            if cell.failures.len() > before {
+                return;
             }
         }
     }
@@ -1142,6 +1176,7 @@ impl Runner<'_> {
 /// Runs the bench. `progress` gets one line per cell and round.
 pub fn run(opts: &BenchOptions, progress: &mut dyn FnMut(&str)) -> Result<BenchReport> {
     let started = Instant::now();
+    let load_before = load_average();
     let work = opts.out_dir.join("work");
     fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
     let disk = absolute(&work.join("disk.img"));
@@ -1173,6 +1208,8 @@ pub fn run(opts: &BenchOptions, progress: &mut dyn FnMut(&str)) -> Result<BenchR
                 failures: Vec::new(),
                 last_round: None,
                 rounds: 0,
+                probe_mbps: None,
+                clock_source: None,
             };
             if !opts.filter.iter().all(|f| c.name().contains(f.as_str())) {
                 c.status = CellStatus::Skipped;
@@ -1204,10 +1241,32 @@ pub fn run(opts: &BenchOptions, progress: &mut dyn FnMut(&str)) -> Result<BenchR
         opts.out_dir.display()
     ));
     let mut notes = Vec::new();
+    let mut slow_kvm: BTreeMap<String, String> = BTreeMap::new();
     'rounds: for round in 0..opts.repeats {
         for cell in cells.iter_mut() {
             if round == 0 && cell.status == CellStatus::Ok {
-                runner.probe(cell);
+                match slow_kvm.get(&cell.platform.name()) {
+                    // Every run of a path that bounces or maps would cost tens of seconds.
+                    Some(why) => {
+                        cell.status = CellStatus::NotAvailable;
+                        cell.reason =
+                            Some(format!("{why}: only `direct` is booted on this platform"));
+                    }
+                    None => runner.probe(cell),
+                }
+                if cell.platform.kvm
+                    && cell.path == DmaPath::Direct
+                    && cell.status == CellStatus::BootOnly
+                {
+                    slow_kvm.insert(
+                        cell.platform.name(),
+                        format!(
+                            "KVM here read {:.2} MB/s in the probe of {} (nested KVM)",
+                            cell.probe_mbps.unwrap_or(0.0),
+                            cell.name()
+                        ),
+                    );
+                }
                 if cell.status == CellStatus::NotAvailable {
                     (runner.progress)(&format!(
                         "  {:<26} n/a: {}",
@@ -1235,7 +1294,12 @@ pub fn run(opts: &BenchOptions, progress: &mut dyn FnMut(&str)) -> Result<BenchR
                 break 'rounds;
             }
             let t0 = Instant::now();
-            runner.boot_pair(cell);
+            let pairs = if cell.platform.kvm {
+                1
+            } else {
+                opts.boot_pairs
+            };
+            runner.boot_pairs(cell, pairs);
             let mut line = format!(
                 "[{:>2}/{} {:>4.0} s] {:<26} boot {}",
                 round + 1,
@@ -1301,6 +1365,7 @@ pub fn run(opts: &BenchOptions, progress: &mut dyn FnMut(&str)) -> Result<BenchR
             rounds,
             wall_s: started.elapsed().as_secs_f64(),
             budget_s: opts.budget.as_secs_f64(),
+            load: (load_before, load_average()),
             sizes: opts.sizes,
             notes,
         },
@@ -1506,6 +1571,7 @@ fn summarize(c: &Cell) -> CellReport {
         metrics: m,
         boot_phases_ms: boot_phases,
         failures: c.failures.clone(),
+        clock_source: c.clock_source.clone(),
     }
 }
 
@@ -1607,7 +1673,9 @@ fn boot_cost(c: &CellReport) -> String {
         .collect();
     format!(
         "{}the guest ran {guest:.1} ms; dominant phases (time up to each record): {}",
-        extra.map_or(String::new(), |x| format!("+{x:.1} ms over the no-op; ")),
+        extra.map_or(String::new(), |x| format!(
+            "{x:+.1} ms over the no-op (medians); "
+        )),
         top.join(", ")
     )
 }
@@ -1697,6 +1765,14 @@ fn images(opts: &BenchOptions) -> Vec<Image> {
         }
     }
     out
+}
+
+/// The 1-minute load average (0 when unknown).
+fn load_average() -> f64 {
+    fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0.0)
 }
 
 fn first_line(cmd: &str, args: &[&str]) -> Option<String> {

@@ -119,9 +119,12 @@ pub fn markdown(r: &BenchReport) -> String {
     let m = &r.meta;
     let _ = writeln!(
         out,
-        "secure-guest bench, {}: {}; {}, TCG{}; {} profile, {} rounds{}, {:.0} s.\n",
+        "secure-guest bench, {}: {} (load average {:.1} at the start, {:.1} at the end); {}, \
+         TCG{}; {} profile, {} rounds{}, {:.0} s.\n",
         m.date,
         m.host,
+        m.load.0,
+        m.load.1,
         m.qemu,
         if r.cells.iter().any(|c| c.accel == "kvm" && c.is_measured()) {
             " (and KVM rows)"
@@ -212,7 +215,15 @@ pub fn markdown(r: &BenchReport) -> String {
                 .map_or("–".to_string(), kib)
         };
         let clock = c.metric("clock_ratio").map_or("–".to_string(), |m| {
-            format!("{:.3} ({:.3}–{:.3})", m.stat.median, m.stat.min, m.stat.max)
+            format!(
+                "{:.3} ({:.3}–{:.3}){}",
+                m.stat.median,
+                m.stat.min,
+                m.stat.max,
+                c.clock_source
+                    .as_ref()
+                    .map_or(String::new(), |s| format!(", {s}"))
+            )
         });
         let row = [
             get("boot_ms"),
@@ -399,9 +410,11 @@ pub fn svg(r: &BenchReport) -> String {
             format!("Sequential write, {}", HEADLINE.label()),
         ),
     ];
+    // Platforms with a figure in some panel (boot-only KVM rows have none).
     let mut platforms: Vec<&str> = Vec::new();
-    for c in r.cells.iter().filter(|c| c.status != CellStatus::Skipped) {
-        if !platforms.contains(&c.platform.as_str()) {
+    for c in &r.cells {
+        let has = panels.iter().any(|(key, _)| c.metric(key).is_some());
+        if has && !platforms.contains(&c.platform.as_str()) {
             platforms.push(&c.platform);
         }
     }

@@ -402,6 +402,7 @@ fn synthetic() -> BenchReport {
             ("end".into(), 0.1),
         ],
         failures: Vec::new(),
+        clock_source: Some("pit 2600000000 Hz".into()),
     };
     let na = |platform: &str, path: &str, why: &str| CellReport {
         platform: platform.into(),
@@ -414,6 +415,7 @@ fn synthetic() -> BenchReport {
         metrics: Vec::new(),
         boot_phases_ms: Vec::new(),
         failures: Vec::new(),
+        clock_source: None,
     };
     let mut cells = vec![
         measured("q35", "direct", 250.0, 0.0, 110.0),
@@ -434,6 +436,7 @@ fn synthetic() -> BenchReport {
             rounds: 3,
             wall_s: 42.0,
             budget_s: 100.0,
+            load: (1.5, 2.25),
             sizes: BenchOptions::quick_profile("x".into()).sizes,
             notes: Vec::new(),
         },
@@ -495,7 +498,14 @@ fn ratios_and_targets() {
 fn markdown_csv_and_svg() {
     let r = synthetic();
     let md = markdown(&r);
-    assert!(md.starts_with("secure-guest bench, 2025-06-01 12:00 UTC: 2 CPUs (Test CPU)"));
+    assert!(
+        md.starts_with(
+            "secure-guest bench, 2025-06-01 12:00 UTC: 2 CPUs (Test CPU), a virtual machine, \
+         Linux 6.1 (load average 1.5 at the start, 2.2 at the end); QEMU 10.0.2, TCG; quick \
+         profile, 3 rounds, 42 s."
+        ),
+        "{md}"
+    );
     assert!(
         md.contains("| machine | path | read 64k qdfull | write 64k qdfull | rand 4K QD1 IOPS |"),
         "{md}"
