@@ -61,6 +61,9 @@ pub const VARIES: f64 = 0.10;
 /// A cell whose median guest/host clock ratio is further than this from 1 fails. (A single run
 /// can be further off: the host stamps lines from a polling thread on a busy machine.)
 pub const CLOCK_TOLERANCE: f64 = 0.02;
+/// A single run whose guest/host clock ratio is further than this from 1 fails, and its figures
+/// are left out.
+pub const CLOCK_RUN_TOLERANCE: f64 = 0.10;
 /// Host spans shorter than this are not used for the clock check (the stamps are ~1 ms apart).
 const CLOCK_MIN_SPAN: Duration = Duration::from_millis(100);
 /// A KVM platform whose probe reads slower than this runs its boot figures only.
@@ -1168,6 +1171,22 @@ impl Runner<'_> {
         };
         for bad in self.expect.check(&s, self.opts.sizes.bytes(w), random) {
             cell.failures.push(format!("{}: {bad}", w.label()));
+        }
+        // A run whose clock is this far off has wrong timings: they stay out of the figures.
+        if let Some(r) = s.clock_ratio
+            && (r - 1.0).abs() > CLOCK_RUN_TOLERANCE
+        {
+            cell.failures.push(format!(
+                "{}: the guest's clock ran {r:.3}x the host's in this run (tick_hz {}): its \
+                 figures are left out",
+                w.label(),
+                t.run
+                    .events("boot")
+                    .next()
+                    .and_then(|b| b.get("tick_hz"))
+                    .map_or("?".into(), Value::to_string)
+            ));
+            return None;
         }
         Some(s)
     }

@@ -73,24 +73,25 @@ fn throughput_columns(r: &BenchReport) -> Vec<(String, String)> {
     cols
 }
 
-/// Notes for cells that were not measured, numbered; `n/a [N]` in the tables points here.
-fn footnotes(r: &BenchReport) -> Vec<(String, String)> {
-    r.cells
-        .iter()
-        .filter(|c| c.status != CellStatus::Skipped)
-        .filter_map(|c| {
-            c.reason
-                .as_ref()
-                .map(|why| (format!("{}/{}", c.platform, c.path), why.clone()))
-        })
-        .collect()
+/// The reasons of cells that were not (fully) measured, each once, with its cells; `n/a [N]` in
+/// the tables points here.
+fn footnotes(r: &BenchReport) -> Vec<(String, Vec<String>)> {
+    let mut notes: Vec<(String, Vec<String>)> = Vec::new();
+    for c in r.cells.iter().filter(|c| c.status != CellStatus::Skipped) {
+        let Some(why) = &c.reason else { continue };
+        let name = format!("{}/{}", c.platform, c.path);
+        match notes.iter_mut().find(|(w, _)| w == why) {
+            Some((_, cells)) => cells.push(name),
+            None => notes.push((why.clone(), vec![name])),
+        }
+    }
+    notes
 }
 
-fn note_mark(notes: &[(String, String)], c: &CellReport) -> String {
-    let name = format!("{}/{}", c.platform, c.path);
-    notes
-        .iter()
-        .position(|(n, _)| *n == name)
+fn note_mark(notes: &[(String, Vec<String>)], c: &CellReport) -> String {
+    c.reason
+        .as_ref()
+        .and_then(|why| notes.iter().position(|(w, _)| w == why))
         .map_or(String::new(), |i| format!(" [{}]", i + 1))
 }
 
@@ -276,8 +277,8 @@ pub fn markdown(r: &BenchReport) -> String {
     }
     if !notes.is_empty() {
         out.push('\n');
-        for (i, (name, why)) in notes.iter().enumerate() {
-            let _ = writeln!(out, "[{}] {name}: {why}  ", i + 1);
+        for (i, (why, cells)) in notes.iter().enumerate() {
+            let _ = writeln!(out, "[{}] {} ({})  ", i + 1, why, cells.join(", "));
         }
     }
     for n in &m.notes {

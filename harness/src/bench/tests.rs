@@ -513,9 +513,10 @@ fn markdown_csv_and_svg() {
     assert!(md.contains("| q35 | bounce | 125† (0.50×) |"), "{md}");
     assert!(md.contains("| q35 | iommu | n/a [1] |"), "{md}");
     assert!(
-        md.contains("[1] q35/iommu: the guest does not know sg.dma, ok"),
+        md.contains("[1] the guest does not know sg.dma, ok (q35/iommu)"),
         "{md}"
     );
+    assert!(md.contains("| pseries-vof | ddw | n/a [2] |"), "{md}");
     assert!(
         md.contains("| 1.50× |") && md.contains("**missed**"),
         "{md}"
