@@ -18,6 +18,7 @@ fn bench_smoke_microvm_direct_and_bounce() {
     let _ = std::fs::remove_dir_all(&out);
     let mut opts = BenchOptions::quick_profile(out.clone());
     opts.repeats = 2;
+    opts.boot_pairs = 1;
     opts.sizes.small = 256 << 10;
     opts.sizes.large = 1 << 20;
     opts.sizes.random = 16;

@@ -119,6 +119,21 @@ fn blk(dma: &str, read: u64, read_us: u64, write: u64, write_us: u64) -> String 
     )
 }
 
+/// (line, after µs, seen µs).
+fn stamps_us(s: &[(usize, u64, u64)]) -> BTreeMap<usize, Stamp> {
+    s.iter()
+        .map(|&(l, a, b)| {
+            (
+                l,
+                Stamp {
+                    after: Duration::from_micros(a),
+                    seen: Duration::from_micros(b),
+                },
+            )
+        })
+        .collect()
+}
+
 fn records(lines: &[&str]) -> Vec<Record> {
     let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
     let r = Report::parse(text.as_bytes());
@@ -131,10 +146,7 @@ fn a_run_gives_its_figures() {
     let b = blk("bounce", 4 << 20, 20_000, 4 << 20, 10_000);
     let recs = records(&[BOOT, HEAP, &b, SECURE_STATS, END]);
     // The host saw `heap` (line 2) at 100 ms and `end` (line 5) at 500 ms: 400 ms, as the guest.
-    let stamps: BTreeMap<usize, Duration> = [(2, 100u64), (5, 500)]
-        .into_iter()
-        .map(|(l, ms)| (l, Duration::from_millis(ms)))
-        .collect();
+    let stamps = stamps_us(&[(2, 98_000, 100_000), (5, 498_000, 500_000)]);
     let s = parse_sample(&recs, Duration::from_millis(600), &stamps).unwrap();
     assert_eq!(s.wall_ms, 600.0);
     assert_eq!((s.read_bytes, s.read_us), (4 << 20, 20_000));
@@ -152,7 +164,7 @@ fn a_run_gives_its_figures() {
     assert_eq!(s.heap_high_water, Some(1_234_567));
     assert_eq!((s.hypercalls, s.iommu_commands), (None, None));
     assert_eq!((s.max_in_flight, s.req_bytes), (64, 65536));
-    assert_eq!(s.clock_ratio, Some(1.0));
+    assert_eq!((s.clock_ratio, s.clock_ok), (Some(1.0), Some(true)));
     assert_eq!(mbps(s.read_bytes, s.read_us), 209.7152);
     let names: Vec<&str> = s.phases.iter().map(|p| p.0.as_str()).collect();
     assert_eq!(names, ["boot", "heap", "virtio", "swiotlb_stats", "end"]);
@@ -160,25 +172,18 @@ fn a_run_gives_its_figures() {
     assert_eq!(s.phases[2].1, 192_000);
 
     // A guest clock running 10% fast; too short a host span is not used.
-    let fast = [(2, 100_000u64), (5, 100_000 + 363_636)]
-        .into_iter()
-        .map(|(l, us)| (l, Duration::from_micros(us)))
-        .collect();
-    let r = parse_sample(&recs, Duration::ZERO, &fast)
-        .unwrap()
-        .clock_ratio
-        .unwrap();
-    assert!((r - 1.1).abs() < 0.0001, "{r}");
-    let short = [(2, 0u64), (5, 50)]
-        .into_iter()
-        .map(|(l, ms)| (l, Duration::from_millis(ms)))
-        .collect();
-    assert_eq!(
-        parse_sample(&recs, Duration::ZERO, &short)
-            .unwrap()
-            .clock_ratio,
-        None
-    );
+    let fast = stamps_us(&[(2, 99_000, 100_000), (5, 462_636, 463_636)]);
+    let s = parse_sample(&recs, Duration::ZERO, &fast).unwrap();
+    assert!((s.clock_ratio.unwrap() - 1.1).abs() < 0.01, "{s:?}");
+    assert_eq!(s.clock_ok, Some(false));
+    // A harness paused for 300 ms knows the span only to [100, 450] ms: no verdict against the
+    // guest from that.
+    let paused = stamps_us(&[(2, 50_000, 100_000), (5, 200_000, 500_000)]);
+    let s = parse_sample(&recs, Duration::ZERO, &paused).unwrap();
+    assert_eq!(s.clock_ok, Some(true));
+    let short = stamps_us(&[(2, 0, 1000), (5, 49_000, 50_000)]);
+    let s = parse_sample(&recs, Duration::ZERO, &short).unwrap();
+    assert_eq!((s.clock_ratio, s.clock_ok), (None, None));
 
     // Counters of the IOMMU paths are summed from any record that has them.
     let tce = r#"@sg {"event":"tce_stats","v":1,"t_us":300001,"hcalls":40,"iommu_commands":5}"#;
@@ -331,20 +336,26 @@ fn the_watcher_stamps_complete_report_lines_by_number() {
     let path = dir.path().join("console.log");
     let mut w = LineWatcher::default();
     let mut stamps = BTreeMap::new();
-    w.poll(&path, Duration::from_millis(1), &mut stamps);
+    // Every look at the clock is 1 ms later.
+    let mut t = 0;
+    let mut now = || {
+        t += 1000;
+        Duration::from_micros(t)
+    };
+    w.poll(&path, &mut now, &mut stamps); // 1..
     assert!(stamps.is_empty(), "no file yet");
     let mut f = File::create(&path).unwrap();
     f.write_all(b"SeaBIOS\n@sg {\"event\":\"boot\"}\n@sg {\"ev")
         .unwrap();
-    w.poll(&path, Duration::from_millis(2), &mut stamps);
+    w.poll(&path, &mut now, &mut stamps); // 2..3
     f.write_all(b"ent\":\"end\"}\nnoise @sg\n").unwrap();
-    w.poll(&path, Duration::from_millis(3), &mut stamps);
-    w.poll(&path, Duration::from_millis(4), &mut stamps);
-    let want: BTreeMap<usize, Duration> = [(2, 2), (3, 3)]
-        .into_iter()
-        .map(|(l, ms)| (l, Duration::from_millis(ms)))
-        .collect();
-    assert_eq!(stamps, want, "line 3 is stamped when its end arrives");
+    w.poll(&path, &mut now, &mut stamps); // 4..5
+    w.poll(&path, &mut now, &mut stamps); // 6..7
+    assert_eq!(
+        stamps,
+        stamps_us(&[(2, 1000, 3000), (3, 2000, 5000)]),
+        "a line is stamped between the look before and the look that saw it end"
+    );
 }
 
 /// A report of two platforms: q35 with direct, bounce (slower, copies) and an n/a iommu cell,
