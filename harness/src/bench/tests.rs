@@ -422,7 +422,8 @@ fn synthetic() -> BenchReport {
         path: path.into(),
         status: CellStatus::NotAvailable,
         reason: Some(why.into()),
-        command: None,
+        // Probed (the guest said why), unlike a path the machine cannot have.
+        command: Some("qemu-system-ppc64 ...".into()),
         metrics: Vec::new(),
         boot_phases_ms: Vec::new(),
         failures: Vec::new(),
@@ -434,6 +435,14 @@ fn synthetic() -> BenchReport {
         na("q35", "iommu", "the guest does not know sg.dma, ok"),
         measured("pseries-vof", "direct", 300.0, 0.0, 115.0),
         na("pseries-vof", "ddw", "the guest does not know sg.dma"),
+        CellReport {
+            command: None,
+            ..na(
+                "q35",
+                "ddw",
+                "DDW (dynamic DMA windows) is a pseries PHB feature",
+            )
+        },
     ];
     fill_ratios(&mut cells);
     let targets = check_targets(&cells);
@@ -501,8 +510,13 @@ fn ratios_and_targets() {
     let d = t("ddw", "pseries-vof/ddw");
     assert_eq!(d.met, None);
     assert!(d.note.contains("does not know sg.dma"));
-    // n/a cells have no boot target.
+    // n/a cells have no boot target, and a path the machine cannot have no target at all.
     assert!(!r.targets.iter().any(|t| t.path == "iommu"));
+    assert!(
+        !r.targets
+            .iter()
+            .any(|t| t.platform == "q35" && t.path == "ddw")
+    );
 }
 
 #[test]
