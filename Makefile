@@ -77,7 +77,8 @@ unit: setup
 
 # Boot every machine in QEMU and check the reports.
 integration: images
-	cargo test --test boot --test virtio --test secure --test bench
+	cargo test --test boot --test virtio --test secure --test iommu --test x86iommu --test trace \
+	  --test bench
 
 # Everything: lints, host unit tests (parsers against hostile input), then the integration
 # tests that boot every machine in real QEMU.

@@ -1,10 +1,15 @@
 //! Just enough ACPI to power an x86 machine off: find the FADT from the RSDP, read its PM1a
 //! control block or (hardware-reduced ACPI, as on microvm) its sleep control register, and the
-//! S5 sleep type from the DSDT's `\_S5` package.
+//! S5 sleep type from the DSDT's `\_S5` package. And to find the IOMMUs: [`find_table`] reads
+//! any table by signature, [`dmar`] parses Intel's DMAR (VT-d units), [`viot`] the VIOT
+//! (virtio-iommu and the endpoints it translates).
 //!
 //! Tables come from the host, so every read is bounds-checked against what the caller could map
 //! and every checksum is verified. The caller supplies a `read(phys, &mut buf) -> bool` function:
 //! this module never dereferences a physical address itself, which keeps it testable on the host.
+
+pub mod dmar;
+pub mod viot;
 
 /// How to enter S5 (soft off).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -115,13 +120,12 @@ pub fn s5_sleep_type(aml: &[u8]) -> Option<u8> {
     }
 }
 
-/// Walks RSDP → (X)RSDT → FADT (→ DSDT) and says how to power off.
-/// `read(phys, buf)` fills `buf` from guest-physical memory, false when it cannot.
-pub fn power_off_method(
+/// The root table the RSDP points to: its address, entry size and signature (XSDT when the
+/// RSDP is revision 2 or later and names one, else RSDT).
+fn root_table(
     rsdp_phys: u64,
-    mut read: impl FnMut(u64, &mut [u8]) -> bool,
-    scratch: &mut [u8],
-) -> Result<PowerOff, AcpiError> {
+    read: &mut impl FnMut(u64, &mut [u8]) -> bool,
+) -> Result<(u64, usize, &'static [u8; 4]), AcpiError> {
     let mut rsdp = [0u8; 36];
     if !read(rsdp_phys, &mut rsdp[..20]) || &rsdp[..8] != b"RSD PTR " {
         return Err(AcpiError::NoRsdp);
@@ -130,31 +134,60 @@ pub fn power_off_method(
         return Err(AcpiError::BadChecksum("RSDP"));
     }
     let revision = rsdp[15];
-    let (root, entry_size, sig): (u64, usize, &'static [u8; 4]) =
+    Ok(
         if revision >= 2 && read(rsdp_phys, &mut rsdp) && u64_at(&rsdp, 24).unwrap_or(0) != 0 {
             (u64_at(&rsdp, 24).unwrap_or(0), 8, b"XSDT")
         } else {
             (u32_at(&rsdp, 16).unwrap_or(0) as u64, 4, b"RSDT")
+        },
+    )
+}
+
+/// The address of the first table with signature `sig` that the root table lists.
+fn table_address(
+    rsdp_phys: u64,
+    read: &mut impl FnMut(u64, &mut [u8]) -> bool,
+    sig: &'static [u8; 4],
+    scratch: &mut [u8],
+) -> Result<u64, AcpiError> {
+    let (root, entry_size, root_sig) = root_table(rsdp_phys, read)?;
+    let root_table = read_table(read, root, root_sig, scratch)?;
+    for e in root_table[36..].chunks_exact(entry_size) {
+        let phys = if entry_size == 8 {
+            u64_at(e, 0).unwrap_or(0)
+        } else {
+            u32_at(e, 0).unwrap_or(0) as u64
         };
-    // Collect the FADT address from the root table's entries.
-    let fadt_phys = {
-        let root_table = read_table(&mut read, root, sig, scratch)?;
-        let mut found = None;
-        let entries = &root_table[36..];
-        for e in entries.chunks_exact(entry_size) {
-            let phys = if entry_size == 8 {
-                u64_at(e, 0).unwrap_or(0)
-            } else {
-                u32_at(e, 0).unwrap_or(0) as u64
-            };
-            let mut sig = [0u8; 4];
-            if read(phys, &mut sig) && &sig == b"FACP" {
-                found = Some(phys);
-                break;
-            }
+        let mut s = [0u8; 4];
+        if read(phys, &mut s) && &s == sig {
+            return Ok(phys);
         }
-        found.ok_or(AcpiError::Missing("FACP"))?
-    };
+    }
+    Err(AcpiError::Missing(
+        core::str::from_utf8(sig).unwrap_or("table"),
+    ))
+}
+
+/// The whole table with signature `sig` (the first the root table lists), read into `buf` with
+/// its signature, length and checksum checked. `Missing` when there is none or it does not fit.
+pub fn find_table<'b>(
+    rsdp_phys: u64,
+    mut read: impl FnMut(u64, &mut [u8]) -> bool,
+    sig: &'static [u8; 4],
+    buf: &'b mut [u8],
+) -> Result<&'b [u8], AcpiError> {
+    let phys = table_address(rsdp_phys, &mut read, sig, buf)?;
+    read_table(&mut read, phys, sig, buf)
+}
+
+/// Walks RSDP → (X)RSDT → FADT (→ DSDT) and says how to power off.
+/// `read(phys, buf)` fills `buf` from guest-physical memory, false when it cannot.
+pub fn power_off_method(
+    rsdp_phys: u64,
+    mut read: impl FnMut(u64, &mut [u8]) -> bool,
+    scratch: &mut [u8],
+) -> Result<PowerOff, AcpiError> {
+    let fadt_phys = table_address(rsdp_phys, &mut read, b"FACP", scratch)?;
     let (dsdt_phys, pm1a, hw_reduced, sleep_ctl) = {
         let fadt = read_table(&mut read, fadt_phys, b"FACP", scratch)?;
         let dsdt32 = u32_at(fadt, 40).unwrap_or(0) as u64;
@@ -327,6 +360,36 @@ mod tests {
         let m = machine(false, b"");
         let mut tiny = vec![0u8; 40];
         assert!(power_off_method(0xf0000, |a, b| m.read(a, b), &mut tiny).is_err());
+    }
+
+    #[test]
+    fn find_table_by_signature() {
+        let mut m = machine(false, b"");
+        let dmar = table(b"DMAR", &[47, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        m.0.insert(0x4000, dmar.clone());
+        // Add it to the RSDT (third entry).
+        let mut rsdt = table(
+            b"RSDT",
+            &[0x00, 0x20, 0, 0, 0x00, 0x21, 0, 0, 0x00, 0x40, 0, 0],
+        );
+        fix_checksum(&mut rsdt, 9);
+        m.0.insert(0x1000, rsdt);
+        let mut buf = vec![0u8; 4096];
+        let t = find_table(0xf0000, |a, b| m.read(a, b), b"DMAR", &mut buf).unwrap();
+        assert_eq!(t, &dmar[..]);
+        assert_eq!(
+            find_table(0xf0000, |a, b| m.read(a, b), b"VIOT", &mut buf),
+            Err(AcpiError::Missing("VIOT"))
+        );
+        // A table larger than the buffer is missing, not a panic.
+        let mut small = vec![0u8; 40];
+        assert!(find_table(0xf0000, |a, b| m.read(a, b), b"DMAR", &mut small).is_err());
+        // A corrupted one is a checksum error.
+        m.0.get_mut(&0x4000).unwrap()[40] ^= 1;
+        assert_eq!(
+            find_table(0xf0000, |a, b| m.read(a, b), b"DMAR", &mut buf),
+            Err(AcpiError::BadChecksum("DMAR"))
+        );
     }
 
     #[test]

@@ -8,7 +8,9 @@
 use alloc::string::String;
 use alloc::vec::Vec;
 
-use crate::platform::decide::{LegacyPolicy, SecureMode};
+use crate::dma::iommu::IommuDebug;
+use crate::dma::tce::TceMode;
+use crate::platform::decide::{DmaChoice, LegacyPolicy, SecureMode};
 
 /// Every option the guest understands. `name`, the value syntax and what it does; the README
 /// table is generated from the same words by hand, keep them in step.
@@ -29,6 +31,16 @@ pub const OPTIONS: &[(&str, &str, &str)] = &[
         "test only: do not zero swiotlb slots on release, so that private data stays in shared memory (the host oracle must fail)",
     ),
     (
+        "sg.debug.unmap_early",
+        "0|1",
+        "test only: a dynamic IOMMU domain removes each data buffer's mapping right after making it, before the device uses it (the host's IOMMU trace oracle must fail)",
+    ),
+    (
+        "sg.debug.map_private",
+        "0|1",
+        "test only: an iommu+bounce domain also maps one private page (guest-physical 0) after the pool (the host's IOMMU trace oracle must fail)",
+    ),
+    (
         "sg.secure",
         "off|on|auto|emulate",
         "run as a secure guest: off, on (reject without secure hardware), auto (default: secure when the hardware is), emulate (the whole secure path with recorded sharing)",
@@ -42,6 +54,21 @@ pub const OPTIONS: &[(&str, &str, &str)] = &[
         "sg.legacy_devices",
         "refuse|bounce",
         "secure guest, device without ACCESS_PLATFORM: refuse it (default) or bounce through the pool anyway",
+    ),
+    (
+        "sg.dma",
+        "auto|direct|bounce|iommu|iommu+bounce",
+        "the DMA path of every device: auto (default: iommu behind a translating IOMMU, iommu+bounce when also secure, else direct or bounce), or that path, an error for a device that cannot have it",
+    ),
+    (
+        "sg.tce",
+        "dynamic|ddw",
+        "pseries IOMMU: map each request in the default TCE window (dynamic), or create a DDW window mapping all RAM once (ddw, the default when the PHB offers DDW)",
+    ),
+    (
+        "sg.tce.batch",
+        "0|1",
+        "pseries dynamic TCE: write runs with H_PUT_TCE_INDIRECT and clear with H_STUFF_TCE (1, default), or one H_PUT_TCE per page (0)",
     ),
     (
         "sg.blk.read",
@@ -155,6 +182,8 @@ pub struct Options {
     pub debug_fault: bool,
     /// `sg.debug.leak`: swiotlb slots are not zeroed on release (test only).
     pub debug_leak: bool,
+    /// `sg.debug.unmap_early`, `sg.debug.map_private`: IOMMU misbehaviour (test only).
+    pub debug_iommu: IommuDebug,
     /// `sg.secure`.
     pub secure: SecureMode,
     /// `sg.swiotlb`: bytes asked for the shared pool, [`SWIOTLB_MIN`]..=[`SWIOTLB_MAX`]; the
@@ -162,6 +191,12 @@ pub struct Options {
     pub swiotlb: u64,
     /// `sg.legacy_devices`.
     pub legacy_devices: LegacyPolicy,
+    /// `sg.dma`.
+    pub dma: DmaChoice,
+    /// `sg.tce`; `None`: the default (DDW when offered).
+    pub tce: Option<TceMode>,
+    /// `sg.tce.batch`.
+    pub tce_batch: bool,
     pub blk_read: BlkRead,
     pub blk_write: Option<BlkWrite>,
     pub blk_disk: u32,
@@ -186,9 +221,16 @@ impl Default for Options {
             debug_panic: false,
             debug_fault: false,
             debug_leak: false,
+            debug_iommu: IommuDebug {
+                unmap_early: false,
+                map_private: false,
+            },
             secure: SecureMode::DEFAULT,
             swiotlb: SWIOTLB_DEFAULT,
             legacy_devices: LegacyPolicy::DEFAULT,
+            dma: DmaChoice::Auto,
+            tce: None,
+            tce_batch: true,
             blk_read: BlkRead::All,
             blk_write: None,
             blk_disk: 0,
@@ -372,6 +414,14 @@ pub fn parse(line: &[u8]) -> (Options, Vec<Diagnostic>) {
                 Some(b) => opts.debug_leak = b,
                 None => malformed("0|1"),
             },
+            "sg.debug.unmap_early" => match boolean(value) {
+                Some(b) => opts.debug_iommu.unmap_early = b,
+                None => malformed("0|1"),
+            },
+            "sg.debug.map_private" => match boolean(value) {
+                Some(b) => opts.debug_iommu.map_private = b,
+                None => malformed("0|1"),
+            },
             "sg.secure" => match value.and_then(SecureMode::parse) {
                 Some(m) => opts.secure = m,
                 None => malformed(SecureMode::EXPECTED),
@@ -383,6 +433,18 @@ pub fn parse(line: &[u8]) -> (Options, Vec<Diagnostic>) {
             "sg.legacy_devices" => match value.and_then(LegacyPolicy::parse) {
                 Some(p) => opts.legacy_devices = p,
                 None => malformed(LegacyPolicy::EXPECTED),
+            },
+            "sg.dma" => match value.and_then(DmaChoice::parse) {
+                Some(c) => opts.dma = c,
+                None => malformed(DmaChoice::EXPECTED),
+            },
+            "sg.tce" => match value.and_then(TceMode::parse) {
+                Some(m) => opts.tce = Some(m),
+                None => malformed(TceMode::EXPECTED),
+            },
+            "sg.tce.batch" => match boolean(value) {
+                Some(b) => opts.tce_batch = b,
+                None => malformed("0|1"),
             },
             "sg.blk.read" => match value.and_then(parse_blk_read) {
                 Some(r) => opts.blk_read = r,
@@ -624,12 +686,21 @@ mod tests {
         // The last one wins, as for every option.
         let (o, _) = parse(b"sg.secure=on sg.secure=off");
         assert_eq!(o.secure, SecureMode::Off);
+        // The IOMMU negative controls are off unless asked for.
+        assert_eq!(o.debug_iommu, IommuDebug::default());
+        let (o, d) = parse(b"sg.debug.unmap_early sg.debug.map_private=1");
+        assert!(d.is_empty(), "{d:?}");
+        assert!(o.debug_iommu.unmap_early && o.debug_iommu.map_private);
+        let (o, _) = parse(b"sg.debug.unmap_early=1 sg.debug.unmap_early=0");
+        assert!(!o.debug_iommu.unmap_early);
         // Every option is in the table the README is written from.
         for name in [
             "sg.secure",
             "sg.swiotlb",
             "sg.legacy_devices",
             "sg.debug.leak",
+            "sg.debug.unmap_early",
+            "sg.debug.map_private",
         ] {
             assert!(OPTIONS.iter().any(|(n, _, _)| *n == name), "{name}");
         }
@@ -649,6 +720,8 @@ mod tests {
             ("sg.legacy_devices=allow", "refuse|bounce"),
             ("sg.legacy_devices", "refuse|bounce"),
             ("sg.debug.leak=2", "0|1"),
+            ("sg.debug.unmap_early=maybe", "0|1"),
+            ("sg.debug.map_private=2", "0|1"),
         ] {
             let (o, d) = parse(bad.as_bytes());
             let name = bad.split('=').next().unwrap();
@@ -669,6 +742,49 @@ mod tests {
                 Options::default(),
                 "{bad}: a malformed value changes nothing"
             );
+        }
+    }
+
+    #[test]
+    fn iommu_options() {
+        let (o, d) = parse(b"");
+        assert!(d.is_empty());
+        assert_eq!((o.dma, o.tce, o.tce_batch), (DmaChoice::Auto, None, true));
+        let (o, d) = parse(b"sg.dma=iommu+bounce sg.tce=dynamic sg.tce.batch=0");
+        assert!(d.is_empty(), "{d:?}");
+        assert_eq!(o.dma, DmaChoice::IommuBounce);
+        assert_eq!(o.tce, Some(TceMode::Dynamic));
+        assert!(!o.tce_batch);
+        let (o, _) = parse(b"sg.dma=direct sg.tce=ddw sg.tce.batch");
+        assert_eq!(
+            (o.dma, o.tce, o.tce_batch),
+            (DmaChoice::Direct, Some(TceMode::Ddw), true)
+        );
+        for (bad, expected) in [
+            ("sg.dma=iommu-bounce", DmaChoice::EXPECTED),
+            ("sg.dma", DmaChoice::EXPECTED),
+            ("sg.tce=static", TceMode::EXPECTED),
+            ("sg.tce", TceMode::EXPECTED),
+            ("sg.tce.batch=2", "0|1"),
+        ] {
+            let (o, d) = parse(bad.as_bytes());
+            assert_eq!(o, Options::default(), "{bad}");
+            match &d[..] {
+                [
+                    Diagnostic::Malformed {
+                        option,
+                        expected: e,
+                        ..
+                    },
+                ] => {
+                    assert_eq!(option, bad.split('=').next().unwrap());
+                    assert_eq!(*e, expected);
+                }
+                other => panic!("{bad}: {other:?}"),
+            }
+        }
+        for name in ["sg.dma", "sg.tce", "sg.tce.batch"] {
+            assert!(OPTIONS.iter().any(|(n, _, _)| *n == name), "{name}");
         }
     }
 

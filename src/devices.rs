@@ -12,6 +12,7 @@ use core::fmt;
 
 use crate::cmdline::Options;
 use crate::crc32c::crc32c;
+use crate::dma::iommu::{DomainInfo, IommuStats, LazyDomain};
 use crate::report::Record;
 use crate::virtio::blk::{self, BlkInfo, BlkParams};
 use crate::virtio::console::{self, ConsoleInfo};
@@ -125,6 +126,17 @@ impl<'a> Runner<'a> {
         location: &str,
         t: &mut T,
     ) -> Option<DeviceReport> {
+        self.run_behind(location, t, None)
+    }
+
+    /// [`Runner::run`] for a device behind IOMMU domain `domain` of the run's [`DmaPaths`].
+    pub fn run_behind<T: Transport + ?Sized>(
+        &mut self,
+        location: &str,
+        t: &mut T,
+        domain: Option<usize>,
+    ) -> Option<DeviceReport> {
+        let paths = self.paths.behind(domain);
         let ty = t.device_type();
         if ty == DeviceType::NONE {
             return None;
@@ -143,19 +155,19 @@ impl<'a> Runner<'a> {
                     qd: self.opts.blk_qd,
                     random: self.opts.blk_random,
                 };
-                let r = blk::run(t, &self.paths, self.clock, s, &params);
+                let r = blk::run(t, &paths, self.clock, s, &params);
                 ("blk".to_string(), erase(r, Specific::Blk))
             }
             DeviceType::NET => {
-                let r = net::run(t, &self.paths, self.clock, s, self.opts.net_frames);
+                let r = net::run(t, &paths, self.clock, s, self.opts.net_frames);
                 ("net".to_string(), erase(r, Specific::Net))
             }
             DeviceType::CONSOLE => {
-                let r = console::run(t, &self.paths, self.clock, s, self.opts.console_read);
+                let r = console::run(t, &paths, self.clock, s, self.opts.console_read);
                 ("console".to_string(), erase(r, Specific::Console))
             }
             DeviceType::RNG => {
-                let r = rng::run(t, &self.paths, self.clock, s, self.opts.rng_bytes);
+                let r = rng::run(t, &paths, self.clock, s, self.opts.rng_bytes);
                 ("rng".to_string(), erase(r, Specific::Rng))
             }
             DeviceType(n) => {
@@ -171,10 +183,7 @@ impl<'a> Runner<'a> {
                     counters: Counters::default(),
                     outcome: Outcome::Skipped,
                     // The path it would have had.
-                    dma: self
-                        .paths
-                        .choose(offered & common::ACCESS_PLATFORM != 0)
-                        .report(),
+                    dma: paths.would_choose(offered & common::ACCESS_PLATFORM != 0),
                     specific: Specific::None,
                 };
                 (format!("type-{n}"), r)
@@ -221,6 +230,73 @@ fn erase<S>(r: DriverRun<S>, wrap: fn(S) -> Specific) -> DriverRun<Specific> {
     }
 }
 
+/// The fields of an IOMMU domain and its counts, inside an object (the `iommu` object of a
+/// `virtio` record, and the `iommu` record): docs/report.md.
+pub fn iommu_fields(j: &mut crate::report::Json<'_>, info: &DomainInfo, s: &IommuStats) {
+    for (k, v) in [
+        ("backend", info.backend),
+        ("mode", info.mode),
+        ("mode_reason", info.mode_reason),
+        ("mapping", info.mapping),
+    ] {
+        j.key(k);
+        j.str(v);
+    }
+    for (k, v) in [("domain", info.id), ("window_base", info.window_base)] {
+        j.key(k);
+        j.hex(v);
+    }
+    for (k, v) in [
+        ("window_size", info.window_size),
+        ("page_size", info.page_size),
+        ("setup_calls", info.setup_calls),
+        ("dma_maps", s.dma_maps),
+        ("dma_unmaps", s.dma_unmaps),
+        ("maps", s.maps),
+        ("unmaps", s.unmaps),
+        ("calls", s.calls),
+        ("failures", s.failures),
+        ("exhausted", s.exhausted),
+        ("pages", s.pages),
+        ("pages_peak", s.pages_peak),
+    ] {
+        j.key(k);
+        j.u64(v);
+    }
+    j.key("calls_by_kind");
+    j.begin_object();
+    for k in s.kinds.iter().filter(|k| !k.name.is_empty()) {
+        j.key(k.name);
+        j.begin_object();
+        j.key("calls");
+        j.u64(k.calls);
+        j.key("entries");
+        j.u64(k.entries);
+        j.end_object();
+    }
+    j.end_object();
+}
+
+/// The `iommu` record of a domain: where it is, whether its setup worked, and its totals
+/// (setup included; `pages_peak` over the whole run). Only for a domain some device asked for
+/// (`LazyDomain::state` is `Some`; a record is written as soon as it is started).
+pub fn iommu_record<W: fmt::Write>(r: Record<W>, lazy: &LazyDomain<'_>) -> Record<W> {
+    let r = r.str("location", &lazy.location);
+    match lazy.state() {
+        None => r.str("result", "unused"),
+        Some(Ok(d)) => {
+            let mut s = d.iommu_stats();
+            s.pages_peak = crate::dma::Dma::stats(d).iommu_pages_peak;
+            r.str("result", "ok").json("iommu", |j| {
+                j.begin_object();
+                iommu_fields(j, &d.info(), &s);
+                j.end_object();
+            })
+        }
+        Some(Err(e)) => r.str("result", "error").str("error", &format!("{e}")),
+    }
+}
+
 /// The report's name of a feature bit: the spec's name without `VIRTIO_F_` for the transport
 /// bits (`VERSION_1`, `RING_PACKED`, `ACCESS_PLATFORM`) and without `VIRTIO_` for the device's
 /// (`BLK_F_FLUSH`, `NET_F_MAC`); `bitN` for a bit no table knows.
@@ -234,7 +310,7 @@ pub fn report_feature_name(name: &'static str) -> &'static str {
 pub fn virtio_record<W: fmt::Write>(r: Record<W>, d: &DeviceReport) -> Record<W> {
     let ty = DeviceType(d.device_id);
     let names = |word: u64| {
-        move |j: &mut crate::report::Json<'_, W>| {
+        move |j: &mut crate::report::Json<'_>| {
             j.begin_array();
             for n in feature_names(ty, word) {
                 j.str(report_feature_name(n));
@@ -278,7 +354,15 @@ pub fn virtio_record<W: fmt::Write>(r: Record<W>, d: &DeviceReport) -> Record<W>
             j.end_array();
         })
         .str("dma", d.dma.name)
-        .str("dma_reason", d.dma.reason)
+        .str("dma_reason", d.dma.reason);
+    if let Some(io) = &d.dma.iommu {
+        r = r.json("iommu", |j| {
+            j.begin_object();
+            iommu_fields(j, &io.info, &io.stats);
+            j.end_object();
+        });
+    }
+    r = r
         .u64("requests", d.counters.requests)
         .u64("bytes_to_device", d.counters.bytes_to_device)
         .u64("bytes_from_device", d.counters.bytes_from_device)
@@ -298,6 +382,7 @@ pub fn virtio_record<W: fmt::Write>(r: Record<W>, d: &DeviceReport) -> Record<W>
             })
             .u64("read_bytes", b.read_bytes)
             .hex("read_crc32c", b.read_crc32c.into())
+            .u64("read_us", b.read_us)
             .json("write", |j| match &b.write {
                 Some((w, crc)) => {
                     j.begin_object();
@@ -316,7 +401,6 @@ pub fn virtio_record<W: fmt::Write>(r: Record<W>, d: &DeviceReport) -> Record<W>
             .bool("flushed", b.flushed)
             .u64("req_bytes", b.req_bytes.into())
             .u64("max_in_flight", b.max_in_flight.into())
-            .u64("read_us", b.read_us)
             .u64("random_reads", b.random_reads)
             .u64("random_bytes", b.random_bytes)
             .hex("random_crc32c", b.random_crc32c.into())

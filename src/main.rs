@@ -91,12 +91,15 @@ fn elapsed_us(now: u64) -> Option<u64> {
 }
 
 /// Starts a record on the console, stamped with the time since entry (`t_us`, null while the
-/// clock is uncalibrated) so that a host can see what each phase cost.
+/// clock is uncalibrated) so that a host can see what each phase cost. Out of line: it is
+/// called from dozens of places.
+#[inline(never)]
 fn record(event: &str) -> Record<Console> {
     Record::new(Console, event).opt_u64("t_us", elapsed_us(arch::now_ticks()))
 }
 
 /// Reports an error record; the verdict becomes `fail`.
+#[inline(never)]
 fn report_error(what: &str, message: &str) {
     ERRORS.fetch_add(1, Ordering::Relaxed);
     record("error")
@@ -184,25 +187,49 @@ pub fn boot_main(info: BootInfo) -> ! {
     // 6. When secure: the shared bounce pool, and (emulate) private memory full of secret marks
     //    for the host's memory-dump oracle. Every device then goes through the pool or is
     //    refused; otherwise every device is direct.
-    let pool = platform
-        .is_secure()
-        .then(|| setup_pool(&info, heap, platform, &opts));
+    //    The pool lives for the rest of the run (it is never unshared): it is leaked, so
+    //    that IOMMU units, whose own tables and queues must be shared too, can keep it.
+    let pool: Option<&'static Bounce<'static>> = platform.is_secure().then(|| {
+        &*alloc::boxed::Box::leak(alloc::boxed::Box::new(setup_pool(
+            &info, heap, platform, &opts,
+        )))
+    });
     if platform.kind() == PlatformKind::Emulated {
-        mark_private_memory(&info, heap, pool.as_ref());
+        mark_private_memory(&info, heap, pool);
     }
-    let paths = match &pool {
+    let paths = match pool {
         Some(b) => sec::secure_paths(&DIRECT, b, opts.legacy_devices),
         None => DmaPaths::direct(&DIRECT),
     };
+    // The IOMMU domains devices sit behind (pseries: each PHB's TCE window; x86: one per PCI
+    // function behind VT-d or virtio-iommu), set up when a device first needs one: over the
+    // pool on a secure guest, over private memory otherwise.
+    let pool_range = pool.map(|b| {
+        let r = b.region();
+        (b as &dyn secure_guest::dma::Dma, r.phys, r.size)
+    });
+    let domains = match tree.as_ref() {
+        Some(t) => arch::iommu_domains(t, &opts, info.memory.ram_top(), &DIRECT, pool_range),
+        None => alloc::vec::Vec::new(),
+    };
+    let paths = paths.with(opts.dma, &domains);
 
-    // 7. virtio devices: each through its driver, one `virtio` record per device.
+    // 7. virtio devices: each through its driver, one `virtio` record per device; then each
+    //    IOMMU domain they used.
     if let Some(t) = tree.as_ref() {
         run_virtio_devices(t, &opts, info.tick_hz, paths);
     }
+    // A record starts on the console as soon as it is made: only for domains that were used.
+    for d in domains.iter().filter(|d| d.state().is_some()) {
+        devices::iommu_record(record("iommu"), d).end();
+    }
+    // Every device is reset: the IOMMU units the arch set up report and give their tables
+    // and queues back (to the pool, on a secure guest).
+    arch::iommu_finish();
 
     // 8. What the pool went through. It stays shared (and, with every device reset and every
     //    mapping released, all zeros) until power-off: see `devices::secure`.
-    if let Some(b) = &pool {
+    if let Some(b) = pool {
         report_pool_stats(b);
     }
 
@@ -340,7 +367,7 @@ fn run_virtio_devices(
     let clock = TickClock::new(arch::now_ticks, tick_hz);
     let mut runner = devices::Runner::new(paths, &clock, opts);
     for mut d in found {
-        let Some(report) = runner.run(&d.location, &mut *d.transport) else {
+        let Some(report) = runner.run_behind(&d.location, &mut *d.transport, d.iommu) else {
             continue;
         };
         if report.is_error() {

@@ -103,14 +103,23 @@ impl DmaPath {
         }
     }
 
-    /// The `virtio.dma` values that mean the guest took this path.
-    pub fn expected_dma(self) -> &'static [&'static str] {
+    /// The `virtio.dma` value that means the guest took this path.
+    pub fn expected_dma(self) -> &'static str {
         match self {
-            DmaPath::Direct => &["direct"],
-            DmaPath::Bounce => &["bounce"],
-            DmaPath::Iommu => &["iommu"],
-            DmaPath::IommuBounce => &["iommu+bounce"],
-            DmaPath::Ddw => &["iommu", "ddw"],
+            DmaPath::Direct => "direct",
+            DmaPath::Bounce => "bounce",
+            DmaPath::Iommu | DmaPath::Ddw => "iommu",
+            DmaPath::IommuBounce => "iommu+bounce",
+        }
+    }
+
+    /// The `virtio.iommu.mode` the path needs, when it needs one: `iommu` is the per-request
+    /// mapping of a dynamic domain, `ddw` the dynamic DMA window.
+    pub fn expected_mode(self) -> Option<&'static str> {
+        match self {
+            DmaPath::Iommu => Some("dynamic"),
+            DmaPath::Ddw => Some("ddw"),
+            _ => None,
         }
     }
 }
@@ -152,15 +161,18 @@ pub struct PathSetup {
     pub extra_args: Vec<String>,
 }
 
-/// How `machine` runs `path`, or why it cannot. The guest options are those of docs/report.md
-/// and README.md: `sg.secure=emulate` for the bounce paths; `sg.dma` and `sg.tce` for the IOMMU
-/// paths (a guest that does not know them says so, and the probe makes the cell `n/a`).
+/// How `machine` runs `path`, or why it cannot. The guest options are those of README.md:
+/// `sg.secure=emulate` for the bounce paths; `sg.dma` and `sg.tce` for the IOMMU paths (a guest
+/// that does not know them says so, and the probe makes the cell `n/a`).
 /// - bounce: x86 devices offer `ACCESS_PLATFORM` with `iommu_platform=on` and, with no IOMMU,
 ///   DMA to guest-physical addresses; a pseries device with `iommu_platform=on` sits behind the
 ///   PHB's TCE table instead, so pseries bounces a device without it (`sg.legacy_devices=bounce`).
-/// - iommu, iommu+bounce: pseries through the PHB's TCE window; q35 through a virtio-iommu;
-///   microvm has no IOMMU for virtio-mmio in QEMU 10.
-/// - ddw: dynamic DMA windows are a pseries PHB feature.
+/// - iommu: pseries maps each request in the PHB's default TCE window (`sg.tce=dynamic`); q35
+///   goes through a virtio-iommu (one MAP and one UNMAP request per request); microvm has no
+///   IOMMU for virtio-mmio in QEMU 10.
+/// - iommu+bounce: the shared pool mapped once, in the pseries default (DDW when the PHB offers
+///   it) or in the virtio-iommu.
+/// - ddw: all RAM mapped once in a dynamic DMA window (`sg.tce=ddw`), a pseries PHB feature.
 pub fn path_setup(machine: Machine, path: DmaPath) -> Result<PathSetup, String> {
     let words = |w: &[&str]| w.iter().map(|s| s.to_string()).collect::<Vec<_>>();
     let iommu_props = ",iommu_platform=on".to_string();
@@ -190,7 +202,11 @@ pub fn path_setup(machine: Machine, path: DmaPath) -> Result<PathSetup, String> 
             extra_args: Vec::new(),
         },
         DmaPath::Iommu => PathSetup {
-            append: words(&["sg.dma=iommu"]),
+            append: if machine == Machine::Pseries {
+                words(&["sg.dma=iommu", "sg.tce=dynamic"])
+            } else {
+                words(&["sg.dma=iommu"])
+            },
             device_props: iommu_props,
             extra_args: iommu_device(machine)?,
         },
@@ -569,6 +585,8 @@ pub struct Sample {
     pub zeroed: Option<u64>,
     pub pool_waits: Option<u64>,
     pub pool_high_water: Option<u64>,
+    /// The disk's IOMMU calls: hypercalls (pseries TCE), or commands (virtio-iommu requests,
+    /// VT-d invalidations).
     pub hypercalls: Option<u64>,
     pub iommu_commands: Option<u64>,
     pub heap_high_water: Option<u64>,
@@ -590,11 +608,6 @@ impl Sample {
         self.moved as f64 / (1u64 << 20) as f64
     }
 }
-
-/// Fields that count hypercalls and IOMMU commands, summed over every record that has them.
-/// The IOMMU paths name theirs so (a record without them: not counted, shown as `–`).
-pub const HYPERCALL_FIELDS: &[&str] = &["hcalls", "hypercalls"];
-pub const IOMMU_COMMAND_FIELDS: &[&str] = &["iommu_commands"];
 
 fn field_u64(r: &Record, key: &str) -> Option<u64> {
     r.get(key).and_then(Value::as_u64)
@@ -652,19 +665,16 @@ pub fn parse_sample(
         s.pool_waits = field_u64(st, "exhausted");
         s.pool_high_water = field_u64(st, "high_water_bytes");
     }
-    let sum = |fields: &[&str]| {
-        let mut total = None;
-        for r in records {
-            for f in fields {
-                if let Some(n) = field_u64(r, f) {
-                    *total.get_or_insert(0) += n;
-                }
-            }
+    // The disk's share of its IOMMU domain's work (docs/report.md, `virtio.iommu`): the TCE
+    // backend's calls are hypercalls; a virtio-iommu's requests and VT-d's invalidations are
+    // IOMMU commands.
+    if let Some(Value::Object(i)) = blk.get("iommu") {
+        let calls = i.get("calls").and_then(Value::as_u64);
+        match i.get("backend").and_then(Value::as_str) {
+            Some("tce") => s.hypercalls = calls,
+            _ => s.iommu_commands = calls,
         }
-        total
-    };
-    s.hypercalls = sum(HYPERCALL_FIELDS);
-    s.iommu_commands = sum(IOMMU_COMMAND_FIELDS);
+    }
     let end = records.iter().find(|r| r.event == "end");
     s.heap_high_water = end.and_then(|e| field_u64(e, "heap_high_water_bytes"));
     s.phases = phases(records);
@@ -734,10 +744,24 @@ pub fn probe_verdict(run: &RunResult, path: DmaPath) -> Result<(), String> {
         if let Some(err) = b.get("error").and_then(Value::as_str) {
             return Err(format!("the disk failed on the {dma} path: {err}"));
         }
-        if !path.expected_dma().contains(&dma) {
+        if dma != path.expected_dma() {
             return Err(format!(
                 "the guest put the disk on the {dma} path ({})",
                 b.get("dma_reason")
+                    .and_then(Value::as_str)
+                    .unwrap_or("no reason given")
+            ));
+        }
+        let iommu = b.get("iommu");
+        let mode = iommu.and_then(|i| i.get("mode")).and_then(Value::as_str);
+        if let Some(want) = path.expected_mode()
+            && mode != Some(want)
+        {
+            return Err(format!(
+                "the guest's IOMMU domain is {} ({}), not {want}",
+                mode.unwrap_or("missing"),
+                iommu
+                    .and_then(|i| i.get("mode_reason"))
                     .and_then(Value::as_str)
                     .unwrap_or("no reason given")
             ));

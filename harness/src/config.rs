@@ -23,6 +23,10 @@ pub const CONSOLE_FILE: &str = "console.log";
 /// dump its memory while it runs.
 pub const QMP_SOCKET: &str = "qmp.sock";
 
+/// QEMU's trace log, relative to QEMU's working directory: `-D` sends the `log` trace backend's
+/// lines there when [`QemuConfig::trace_events`] enables any (see [`crate::trace`]).
+pub const TRACE_FILE: &str = "trace.log";
+
 /// The x86 exit device: the guest writes its verdict code to port 0xf4 and QEMU exits with
 /// `2 * code + 1` (docs/report.md).
 pub const X86_EXIT_DEVICE: &str = "isa-debug-exit,iobase=0xf4,iosize=0x04";
@@ -264,6 +268,11 @@ pub struct QemuConfig {
     /// [`crate::run`]). x86 needs the exit device off for this: `isa-debug-exit` makes QEMU
     /// exit at once, before anything can be dumped.
     pub hold_at_shutdown: bool,
+    /// QEMU trace events to enable, as `-trace enable=` takes them (a name or a pattern with `*`,
+    /// e.g. `spapr_iommu_*`; [`crate::trace::IommuKind::trace_patterns`]). The installed QEMU's
+    /// `log` backend then writes them to [`TRACE_FILE`] (`-D`). Empty: no `-trace`, no `-D`, and
+    /// the command line is what it was without tracing.
+    pub trace_events: Vec<String>,
 }
 
 impl QemuConfig {
@@ -292,6 +301,7 @@ impl QemuConfig {
             console: true,
             timeout: Duration::from_secs(60),
             hold_at_shutdown: false,
+            trace_events: Vec::new(),
         })
     }
 
@@ -349,6 +359,12 @@ impl QemuConfig {
             && a.contains('\0')
         {
             bail!("the command line cannot contain NUL");
+        }
+        if let Some(bad) = self.trace_events.iter().find(|e| !valid_trace_pattern(e)) {
+            bail!(
+                "trace event {bad:?}: expected a QEMU trace event name or pattern (letters, \
+                 digits, `_`, `*`, `?`)"
+            );
         }
         if self.hold_at_shutdown && self.has_exit_device() {
             bail!(
@@ -411,6 +427,14 @@ impl QemuConfig {
             push(&["-device", X86_EXIT_DEVICE]);
         }
         push(&["-qmp", &format!("unix:{QMP_SOCKET},server=on,wait=off")]);
+        // Trace events go through the `log` backend (the one Debian's QEMU is built with) to a
+        // file of their own, not QEMU's stderr.
+        for e in &self.trace_events {
+            push(&["-trace", &format!("enable={e}")]);
+        }
+        if !self.trace_events.is_empty() {
+            push(&["-D", TRACE_FILE]);
+        }
         for d in &self.devices {
             push(&["-device", d]);
         }
@@ -422,6 +446,14 @@ impl QemuConfig {
     pub fn reproduce(&self) -> String {
         shell_join(&self.command_line())
     }
+}
+
+/// A QEMU trace event name or `-trace enable=` pattern: nothing that could end the option or
+/// add another (`,`), or be read as a file name.
+fn valid_trace_pattern(p: &str) -> bool {
+    !p.is_empty()
+        && p.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'*' || b == b'?')
 }
 
 /// The workspace root: where `build/` and `Cargo.toml` live. Taken from where this crate was
@@ -574,6 +606,32 @@ mod tests {
             c.exit_device = true;
             // pseries has no exit device to be in the way.
             assert_eq!(c.validate().is_ok(), m == Machine::Pseries, "{m}");
+        }
+    }
+
+    #[test]
+    fn trace_events() {
+        for m in Machine::ALL {
+            let mut c = config(m);
+            let plain = c.command_line();
+            assert!(!plain.iter().any(|a| a == "-trace" || a == "-D"));
+            c.trace_events = vec!["spapr_iommu_*".into(), "vtd_dmar_fault".into()];
+            c.validate().unwrap();
+            let traced = c.command_line();
+            // Tracing adds its arguments after -qmp and changes nothing else.
+            let qmp = traced.iter().position(|a| a == "-qmp").unwrap() + 2;
+            assert_eq!(
+                traced[qmp..qmp + 6].join(" "),
+                "-trace enable=spapr_iommu_* -trace enable=vtd_dmar_fault -D trace.log"
+            );
+            let mut without = traced.clone();
+            without.drain(qmp..qmp + 6);
+            assert_eq!(without, plain, "{m}");
+            assert!(c.reproduce().contains(" -trace 'enable=spapr_iommu_*' "));
+            for bad in ["", "a,b", "x y", "../f", "events=/tmp/f"] {
+                c.trace_events = vec![bad.into()];
+                assert!(c.validate().is_err(), "{bad:?}");
+            }
         }
     }
 

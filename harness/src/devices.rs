@@ -41,7 +41,21 @@
 //! | microvm mmio v1 | accepted, never seen: a legacy device shows only bits 0..31 |
 //! | q35, pc, pci modern | offered; DMA to guest-physical addresses (no IOMMU device here) |
 //! | any pci legacy | refused: "VIRTIO_F_IOMMU_PLATFORM was supported by neither legacy nor transitional device" |
-//! | pseries pci modern | offered, but DMA goes through the PHB's sPAPR TCE table (liobn 0x80000000), which is empty: every device access translates to nothing (`spapr_iommu_xlate ... perm=0`), the device sees no buffers and the guest times out. Until the guest maps TCEs (issue 6), pseries secure runs use devices *without* it and `sg.legacy_devices=bounce`. |
+//! | pseries pci modern | offered, and DMA goes through the PHB's sPAPR TCE IOMMU (liobn 0x80000000, or a DDW window): the guest takes `iommu` (`iommu+bounce` when secure) and maps what the device uses; QEMU traces every access (`spapr_iommu_xlate`) for the IOMMU trace oracle ([`crate::iommu`]). |
+//!
+//! An IOMMU ([`Iommu`], given to the run separately, in front of the devices) makes the
+//! `iommu_platform=on` devices' DMA go through it on q35 and pc:
+//!
+//! | [`Iommu`] | QEMU arguments | machines | the guest drives |
+//! |---|---|---|---|
+//! | `virtio-iommu` | `-device virtio-iommu-pci` | q35, pc | the virtio-iommu (endpoints from the ACPI VIOT), one domain per device |
+//! | `vt-d` | `-device intel-iommu,intremap=off` | q35 | VT-d from the ACPI DMAR: root, context and second-level tables, one domain per device |
+//!
+//! QEMU refuses `intel-iommu` on pc ("Parameter 'driver' expects a dynamic sysbus device type
+//! for the machine") and `virtio-iommu-pci` on microvm ("No 'PCI' bus found"); pseries has its
+//! own IOMMU, the PHB's TCE tables. Interrupt remapping stays off: this guest polls, and QEMU
+//! would need `kernel-irqchip=split` for it. Devices without `iommu_platform` bypass either
+//! IOMMU in QEMU (their DMA uses guest-physical addresses).
 //!
 //! File names are used as given: the harness passes names relative to the run directory (QEMU's
 //! working directory), so command lines hold no temporary paths.
@@ -186,6 +200,66 @@ impl FromStr for Ring {
             "split" => Ok(Ring::Split),
             "packed" => Ok(Ring::Packed),
             _ => bail!("unknown ring {s:?} (split, packed)"),
+        }
+    }
+}
+
+/// An IOMMU for the run: see the module documentation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Iommu {
+    /// `-device virtio-iommu-pci`.
+    VirtioIommu,
+    /// `-device intel-iommu,intremap=off`.
+    Vtd,
+}
+
+impl Iommu {
+    pub const ALL: [Iommu; 2] = [Iommu::VirtioIommu, Iommu::Vtd];
+
+    /// The name the guest reports (`iommu_unit.kind`, `virtio.iommu.backend`) and options take.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Iommu::VirtioIommu => "virtio-iommu",
+            Iommu::Vtd => "vt-d",
+        }
+    }
+
+    /// The QEMU arguments on `machine`, or why QEMU cannot give the machine this IOMMU. They
+    /// go before the devices.
+    pub fn qemu_args(self, machine: Machine) -> std::result::Result<Vec<String>, String> {
+        let device = match (self, machine) {
+            (_, Machine::Microvm) => {
+                return Err("microvm has no PCI bus (pcie=off): no IOMMU for virtio-mmio".into());
+            }
+            (_, Machine::Pseries) => {
+                return Err("pseries has its own IOMMU: the PHB's TCE tables".into());
+            }
+            (Iommu::Vtd, Machine::Pc) => {
+                return Err(
+                    "QEMU gives intel-iommu to q35 only: \"Parameter 'driver' expects \
+                            a dynamic sysbus device type for the machine\""
+                        .into(),
+                );
+            }
+            (Iommu::VirtioIommu, _) => "virtio-iommu-pci",
+            (Iommu::Vtd, _) => "intel-iommu,intremap=off",
+        };
+        Ok(vec!["-device".into(), device.into()])
+    }
+}
+
+impl fmt::Display for Iommu {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Iommu {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match Iommu::ALL.into_iter().find(|i| i.as_str() == s) {
+            Some(i) => Ok(i),
+            None => bail!("unknown IOMMU {s:?} (virtio-iommu, vt-d)"),
         }
     }
 }
@@ -558,6 +632,34 @@ mod tests {
                 .unwrap_err()
                 .contains("neither legacy")
         );
+    }
+
+    #[test]
+    fn iommus() {
+        assert_eq!(
+            Iommu::VirtioIommu.qemu_args(Machine::Q35).unwrap(),
+            ["-device", "virtio-iommu-pci"]
+        );
+        assert_eq!(
+            Iommu::VirtioIommu.qemu_args(Machine::Pc).unwrap(),
+            ["-device", "virtio-iommu-pci"]
+        );
+        assert_eq!(
+            Iommu::Vtd.qemu_args(Machine::Q35).unwrap(),
+            ["-device", "intel-iommu,intremap=off"]
+        );
+        assert!(
+            Iommu::Vtd
+                .qemu_args(Machine::Pc)
+                .unwrap_err()
+                .contains("q35 only")
+        );
+        for i in Iommu::ALL {
+            assert!(i.qemu_args(Machine::Microvm).is_err());
+            assert!(i.qemu_args(Machine::Pseries).is_err());
+            assert_eq!(i.as_str().parse::<Iommu>().unwrap(), i);
+        }
+        assert!("amd-iommu".parse::<Iommu>().is_err());
     }
 
     #[test]

@@ -17,7 +17,9 @@
 //! [`oracle`] (host-side checks of the data the guest moved), [`qmp`] (a minimal QMP client),
 //! [`matrix`] (every machine × transport × ring, with all devices, in parallel). For secure
 //! guests: [`dump`] (guest memory of a run held at shutdown, over QMP `pmemsave`) and [`secure`]
-//! (the memory-dump oracle: nothing private in the shared swiotlb pool).
+//! (the memory-dump oracle: nothing private in the shared swiotlb pool). For IOMMU DMA: [`trace`]
+//! (QEMU trace events: which to enable, and an exact parser for the `log` backend's lines) and
+//! [`iommu`] (the trace oracle: every device access translated to a page the guest had mapped).
 
 pub mod bench;
 pub mod config;
@@ -26,6 +28,7 @@ pub mod dump;
 pub mod echo;
 #[doc(hidden)]
 pub mod fake;
+pub mod iommu;
 pub mod kvm;
 pub mod matrix;
 pub mod oracle;
@@ -33,6 +36,7 @@ pub mod qmp;
 pub mod report;
 pub mod run;
 pub mod secure;
+pub mod trace;
 
 pub use config::{Accel, Arch, Firmware, Machine, QemuConfig, default_kernel, workspace_root};
 pub use report::{Record, Report};

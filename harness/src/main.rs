@@ -10,6 +10,9 @@
 //! cargo run -p harness -- run --machine q35 --hold --dump 0x1000000:4M --run-dir sg-run
 //! cargo run -p harness -- pattern --seed 0x5347 --offset 1052672 --len 69632 --check disk0.img
 //! cargo run -p harness -- echo-server --port 5555
+//! cargo run -p harness -- run --machine pseries --check-iommu spapr-tce --run-dir sg-run -- \
+//!     -device virtio-rng-pci,disable-legacy=on,iommu_platform=on
+//! cargo run -p harness -- trace-check sg-run/trace.log --pool 0x1000000:4M
 //! cargo run -p harness -- bench --quick --filter q35
 //! ```
 //! Exit status: 0 for pass (for `noop`: QEMU powered off by itself; for `matrix`: nothing
@@ -83,6 +86,18 @@ enum Cmd {
         #[arg(long)]
         check: Option<PathBuf>,
     },
+    /// Run the IOMMU trace oracle over a QEMU trace log (trace.log of a run with --check-iommu or
+    /// --trace) and print its verdict.
+    TraceCheck {
+        /// The trace log.
+        file: PathBuf,
+        /// Secure run: the shared pool, BASE:SIZE; every mapped or translated page must be in it.
+        #[arg(long, value_parser = parse_range)]
+        pool: Vec<(u64, u64)>,
+        /// Fail when no device access went through an IOMMU.
+        #[arg(long)]
+        expect_translations: bool,
+    },
     /// A model of QEMU running a correct guest, for the harness's own tests.
     #[command(hide = true)]
     FakeQemu {
@@ -150,6 +165,13 @@ struct MatrixArgs {
     /// release): every cell that bounces data must FAIL the memory oracle.
     #[arg(long, requires = "secure")]
     leak: bool,
+    /// IOMMU cells: pseries pci-modern devices get iommu_platform=on and sit behind the PHB's
+    /// TCE IOMMU with sg.tce=MODE (dynamic: each request mapped in the default window; ddw: all
+    /// RAM, or with --secure emulate the pool, mapped once in a DDW window). QEMU traces the TCE
+    /// hypercalls and every device access, and the IOMMU trace oracle checks them. Cells without
+    /// a TCE IOMMU are skipped.
+    #[arg(long)]
+    tce: Option<matrix::TceMode>,
 }
 
 #[derive(Args)]
@@ -157,7 +179,7 @@ struct BenchArgs {
     /// The quick profile: 3 rounds of smaller runs, no KVM rows (under 2 minutes).
     #[arg(long)]
     quick: bool,
-    /// Rounds [default: 5, quick: 3].
+    /// Rounds [default: 7, quick: 3].
     #[arg(long)]
     repeats: Option<u32>,
     /// Run only cells whose `platform/path` (`q35/bounce`, `pseries-vof/direct`) contains this;
@@ -263,6 +285,18 @@ struct BootArgs {
     /// With --hold: also dump all guest memory as an ELF core (memory.elf, ~0.65 s per 512 MiB).
     #[arg(long, requires = "hold")]
     dump_all: bool,
+    /// An IOMMU on q35/pc: virtio-iommu or vt-d (QEMU's intel-iommu, interrupt remapping
+    /// off). Give the devices `iommu_platform=on` (after `--`) to put their DMA behind it.
+    #[arg(long)]
+    iommu: Option<harness::devices::Iommu>,
+    /// Enable this QEMU trace event (a name or a pattern such as `spapr_iommu_*`); repeat for
+    /// more. QEMU writes them to trace.log in the run directory (see --run-dir).
+    #[arg(long)]
+    trace: Vec<String>,
+    /// Trace this IOMMU's events (spapr-tce, virtio-iommu, intel-vtd) and run the IOMMU trace
+    /// oracle after the run: the run passes only if the oracle does. Repeat for more.
+    #[arg(long)]
+    check_iommu: Vec<harness::trace::IommuKind>,
     /// Extra QEMU arguments, after `--`. QEMU runs in its own directory: use absolute paths.
     #[arg(last = true)]
     extra: Vec<String>,
@@ -302,7 +336,19 @@ impl BootArgs {
         c.timeout = Duration::from_secs_f64(self.timeout);
         c.exit_device = !self.no_exit_device && !self.hold;
         c.hold_at_shutdown = self.hold;
-        c.extra_args = self.extra.clone();
+        c.extra_args = match self.iommu {
+            Some(i) => i
+                .qemu_args(machine)
+                .map_err(|e| anyhow::anyhow!("--iommu {i}: {e}"))?,
+            None => Vec::new(),
+        };
+        c.extra_args.extend(self.extra.iter().cloned());
+        c.trace_events = self.trace.clone();
+        for p in harness::trace::patterns_for(&self.check_iommu) {
+            if !c.trace_events.contains(&p) {
+                c.trace_events.push(p);
+            }
+        }
         c.validate()?;
         Ok(c)
     }
@@ -347,8 +393,17 @@ fn real_main(cli: Cli) -> Result<bool> {
                 }
             }
             print_held(&r, boot.run_dir.is_some());
-            print_outcome(&r, r.verdict.as_str(), r.passed());
-            Ok(r.passed())
+            if let Some(t) = &r.trace {
+                println!("trace: {}", t.summary());
+            }
+            let mut passed = r.passed();
+            if !boot.check_iommu.is_empty() {
+                let v = harness::iommu::check_run(&r);
+                print!("{v}");
+                passed &= v.passed();
+            }
+            print_outcome(&r, r.verdict.as_str(), passed);
+            Ok(passed)
         }
         Cmd::Noop { boot } => {
             let config = boot.config("noop")?;
@@ -380,6 +435,25 @@ fn real_main(cli: Cli) -> Result<bool> {
             check,
         } => pattern(seed, offset, len, out, check),
         Cmd::EchoServer { port, timeout } => echo_server(port, timeout),
+        Cmd::TraceCheck {
+            file,
+            pool,
+            expect_translations,
+        } => {
+            let log = harness::trace::TraceLog::read(&file);
+            let cfg = harness::iommu::Config {
+                pool: (!pool.is_empty()).then(|| {
+                    pool.iter()
+                        .map(|&(base, size)| harness::iommu::PhysRange { base, size })
+                        .collect()
+                }),
+                expect_translations,
+                ..Default::default()
+            };
+            let v = harness::iommu::check(&log, &cfg);
+            print!("{v}");
+            Ok(v.passed())
+        }
         Cmd::FakeQemu { args } => std::process::exit(harness::fake::run(&args)?),
         Cmd::Kvm => match kvm::probe() {
             kvm::Probe::Usable => {
@@ -472,23 +546,6 @@ fn print_outcome(r: &RunResult, what: &str, good: bool) {
 }
 
 fn run_matrix(m: MatrixArgs) -> Result<bool> {
-    let planned = matrix::filter(matrix::plan(m.all_slof), &m.filter);
-    if planned.is_empty() {
-        bail!("no cell matches {:?} (see --list)", m.filter);
-    }
-    if m.list {
-        for p in &planned {
-            match &p.skip {
-                None => println!("{}", p.cell),
-                Some(why) => println!("{}  (skip: {why})", p.cell),
-            }
-        }
-        return Ok(true);
-    }
-    let jobs = m
-        .jobs
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
-        .max(1);
     if let Some(t) = m.timeout
         && !(t.is_finite() && t > 0.0)
     {
@@ -509,7 +566,26 @@ fn run_matrix(m: MatrixArgs) -> Result<bool> {
             leak: m.leak,
             pool_size: None,
         }),
+        tce: m.tce,
     };
+    let planned = matrix::filter(matrix::plan(m.all_slof), &m.filter);
+    if planned.is_empty() {
+        bail!("no cell matches {:?} (see --list)", m.filter);
+    }
+    let planned = matrix::apply_options(planned, &opts);
+    if m.list {
+        for p in &planned {
+            match &p.skip {
+                None => println!("{}", p.cell),
+                Some(why) => println!("{}  (skip: {why})", p.cell),
+            }
+        }
+        return Ok(true);
+    }
+    let jobs = m
+        .jobs
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .max(1);
     let width = planned
         .iter()
         .map(|p| p.cell.name().len())

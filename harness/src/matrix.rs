@@ -18,11 +18,17 @@
 //! `sg.secure=emulate` ([`secure_expected`]). On x86 every device gets `iommu_platform=on`, so
 //! mmio v2 and pci modern devices offer `ACCESS_PLATFORM` and go on the bounce path, while mmio v1
 //! and pci legacy devices cannot offer it and are refused (unless `--legacy-devices bounce`); a
-//! refused cell asks for no write. On pseries `iommu_platform=on` would put the devices behind the
-//! sPAPR TCE IOMMU, whose empty table fails all their DMA, so pseries cells have no
-//! `iommu_platform` and `sg.legacy_devices=bounce`. Each emulate cell is held at shutdown, its
-//! pool and secret regions are dumped, and [`crate::secure::check`] adds the memory oracle to the
-//! data oracles. `--secure on` expects every cell to be rejected, with nothing touched.
+//! refused cell asks for no write. Plain pseries cells have no `iommu_platform` and
+//! `sg.legacy_devices=bounce` (the bounce path without an IOMMU). Each emulate cell is held at
+//! shutdown, its pool and secret regions are dumped, and [`crate::secure::check`] adds the memory
+//! oracle to the data oracles. `--secure on` expects every cell to be rejected, with nothing
+//! touched.
+//!
+//! IOMMU cells ([`RunOptions::tce`], `--tce dynamic|ddw`): the pseries pci-modern cells with
+//! their devices behind the PHB's TCE IOMMU ([`iommu_expected`]: `iommu_platform=on`, `sg.tce`),
+//! on `iommu`, or `iommu+bounce` with `--secure emulate`. QEMU traces the IOMMU
+//! ([`traced_iommu`]) and the IOMMU trace oracle ([`crate::iommu::check_run`]) joins the others.
+//! Cells without a TCE IOMMU are skipped ([`option_skip`]).
 use std::fmt;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -36,10 +42,14 @@ use crate::config::{Accel, Firmware, Machine, QemuConfig, shell_join};
 use crate::devices::{Device, Mac, Ring, Transport, VirtioSetup};
 use crate::dump;
 use crate::echo::{self, EchoBackend};
-use crate::oracle::{self, ConsoleExpect, DiskImage, Expected, NetExpect, Observed, WriteRequest};
+use crate::iommu;
+use crate::oracle::{
+    self, ConsoleExpect, DiskImage, Expected, IommuExpect, NetExpect, Observed, WriteRequest,
+};
 use crate::report::{DeviceResult, Error, Virtio};
 use crate::run::{Outcome, RunResult};
 use crate::secure::{self, LegacyDevices, SecureExpect, SecureMode};
+use crate::trace::{self, IommuKind};
 
 /// The console port's capture and input, in the run directory.
 pub const CONSOLE_OUT: &str = "virtcon.out";
@@ -190,6 +200,7 @@ pub fn standard_expected(transport: Transport, ring: Ring) -> Expected {
         rng: true,
         iommu_platform: false,
         secure: None,
+        iommu: None,
     }
 }
 
@@ -209,24 +220,119 @@ pub struct RunOptions {
     pub qemu: Option<PathBuf>,
     /// Secure cells: `sg.secure` and friends for every cell (see [`secure_expected`]).
     pub secure: Option<SecureExpect>,
+    /// IOMMU cells (`matrix --tce`): pseries pci-modern devices behind the PHB's TCE IOMMU with
+    /// this `sg.tce`, traced and checked by the IOMMU trace oracle (see [`iommu_expected`]).
+    pub tce: Option<TceMode>,
 }
 
-/// What a cell does: [`standard_expected`], made secure as `opts.secure` asks.
+/// `sg.tce` of IOMMU cells.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum TceMode {
+    /// Each request mapped in the default 32-bit window.
+    Dynamic,
+    /// All RAM (secure: the pool) mapped once in a DDW window.
+    Ddw,
+}
+
+impl TceMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TceMode::Dynamic => "dynamic",
+            TceMode::Ddw => "ddw",
+        }
+    }
+}
+
+impl fmt::Display for TceMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for TceMode {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "dynamic" => Ok(TceMode::Dynamic),
+            "ddw" => Ok(TceMode::Ddw),
+            _ => anyhow::bail!("unknown sg.tce mode {s:?} (dynamic, ddw)"),
+        }
+    }
+}
+
+/// Why `cell` does not run under `opts`, when an option narrows the matrix: `--tce` needs a
+/// pseries PHB and a transport that can offer `ACCESS_PLATFORM`.
+pub fn option_skip(cell: &Cell, opts: &RunOptions) -> Option<String> {
+    opts.tce?;
+    if cell.machine != Machine::Pseries {
+        return Some(format!(
+            "--tce: {} has no TCE IOMMU (x86 IOMMU cells come with the virtio-iommu and VT-d \
+             guest paths)",
+            cell.machine
+        ));
+    }
+    cell.transport.is_legacy().then(|| {
+        "--tce: a legacy device cannot offer ACCESS_PLATFORM, so it never sits behind the IOMMU \
+         (QEMU refuses iommu_platform=on on it)"
+            .to_string()
+    })
+}
+
+/// `plan` with the cells `opts` rules out marked as skipped ([`option_skip`]).
+pub fn apply_options(plan: Vec<Planned>, opts: &RunOptions) -> Vec<Planned> {
+    plan.into_iter()
+        .map(|mut p| {
+            if p.skip.is_none() {
+                p.skip = option_skip(&p.cell, opts);
+            }
+            p
+        })
+        .collect()
+}
+
+/// What a cell does: [`standard_expected`], behind the TCE IOMMU as `opts.tce` asks, made
+/// secure as `opts.secure` asks.
 pub fn expected_for(cell: &Cell, opts: &RunOptions) -> Expected {
-    let e = standard_expected(cell.transport, cell.ring);
+    let mut e = standard_expected(cell.transport, cell.ring);
+    if let Some(t) = opts.tce
+        && option_skip(cell, opts).is_none()
+    {
+        e = iommu_expected(e, t);
+    }
     match &opts.secure {
         Some(s) => secure_expected(cell, e, *s),
         None => e,
     }
 }
 
+/// `e` with its devices behind the PHB's TCE IOMMU: `iommu_platform=on` (modern devices offer
+/// `ACCESS_PLATFORM`) and `sg.tce=MODE`. The devices take `iommu` (`iommu+bounce` when secure),
+/// and the run is traced and checked by the IOMMU trace oracle ([`crate::iommu`]).
+pub fn iommu_expected(mut e: Expected, mode: TceMode) -> Expected {
+    e.iommu_platform = true;
+    e.iommu = Some(IommuExpect {
+        tce: Some(mode.as_str()),
+        no_batch: false,
+    });
+    e
+}
+
+/// The IOMMU whose trace events a cell's run enables: the pseries TCE IOMMU when the devices
+/// sit behind it.
+pub fn traced_iommu(cell: &Cell, e: &Expected) -> Option<IommuKind> {
+    (cell.machine == Machine::Pseries && e.iommu.is_some() && e.access_platform_offered())
+        .then_some(IommuKind::SpaprTce)
+}
+
 /// `e` with the secure options `s`, adapted to the cell: x86 devices get `iommu_platform=on`
-/// where the transport can offer `ACCESS_PLATFORM`; pseries devices never do (the TCE IOMMU
-/// would fail their DMA) and default to `sg.legacy_devices=bounce`. A cell whose devices will
-/// all be refused asks for no write.
+/// where the transport can offer `ACCESS_PLATFORM`; pseries devices do only in IOMMU cells
+/// (`iommu+bounce`), and otherwise run without it and default to `sg.legacy_devices=bounce`. A
+/// cell whose devices will all be refused asks for no write.
 pub fn secure_expected(cell: &Cell, mut e: Expected, mut s: SecureExpect) -> Expected {
     if s.mode == SecureMode::Emulate {
-        if cell.machine == Machine::Pseries {
+        if cell.machine == Machine::Pseries && e.iommu.is_some() {
+            // Behind the TCE IOMMU: `iommu+bounce`, the IOMMU maps only the pool.
+        } else if cell.machine == Machine::Pseries {
             e.iommu_platform = false;
             s.legacy.get_or_insert(LegacyDevices::Bounce);
         } else {
@@ -351,6 +457,9 @@ pub fn reproduce_command(cell: &Cell, opts: &RunOptions) -> String {
             c.push_str(" --leak");
         }
     }
+    if let Some(t) = opts.tce {
+        c.push_str(&format!(" --tce {t}"));
+    }
     if cell.is_slof() {
         c.push_str(" --all-slof");
     }
@@ -361,6 +470,9 @@ pub fn reproduce_command(cell: &Cell, opts: &RunOptions) -> String {
 pub fn run_cell(cell: &Cell, expected: &Expected, opts: &RunOptions) -> CellResult {
     let reproduce = reproduce_command(cell, opts);
     if let Err(why) = cell.transport.supported_on(cell.machine) {
+        return CellResult::skipped(*cell, why, reproduce);
+    }
+    if let Some(why) = option_skip(cell, opts) {
         return CellResult::skipped(*cell, why, reproduce);
     }
     let started = Instant::now();
@@ -469,6 +581,10 @@ fn run_cell_inner(
         .timeout
         .unwrap_or(Duration::from_secs(if cell.is_slof() { 60 } else { 30 }));
     config.extra_args = args;
+    // Devices behind an IOMMU: QEMU traces what the IOMMU does, for the IOMMU trace oracle.
+    if let Some(k) = traced_iommu(cell, expected) {
+        config.trace_events = trace::patterns_for(&[k]);
+    }
     // Emulate cells end held at the guest's power-off, so that the memory can be dumped; x86
     // then needs the exit device off (its verdict is the `end` record's).
     let held = expected
@@ -550,6 +666,9 @@ fn run_cell_inner(
         secure::check_run(expected, &run, &observed)
     };
     failures.extend(oracle_failures);
+    if run.trace.is_some() && !run.records.is_empty() {
+        failures.extend(iommu::check_run(&run).failures());
+    }
 
     let wants_reject = expected.secure.is_some_and(|s| s.expects_reject());
     let headline = |f: &[String]| secure::headline(f).cloned().unwrap_or_default();
@@ -876,6 +995,84 @@ mod tests {
             4
         );
         assert_eq!(filter(plan(false), &["nothing".into()]).len(), 0);
+    }
+
+    #[test]
+    fn tce_cells() {
+        let opts = RunOptions {
+            tce: Some(TceMode::Ddw),
+            ..Default::default()
+        };
+        let cell = |machine, firmware, transport| Cell {
+            machine,
+            firmware,
+            transport,
+            ring: Ring::Split,
+        };
+        let vof = cell(Machine::Pseries, Some(Firmware::Vof), Transport::PciModern);
+        assert_eq!(option_skip(&vof, &opts), None);
+        assert_eq!(option_skip(&vof, &RunOptions::default()), None);
+        let e = expected_for(&vof, &opts);
+        assert!(e.iommu_platform);
+        assert_eq!(e.iommu.as_ref().and_then(|i| i.tce), Some("ddw"));
+        assert!(e.cmdline().contains("sg.tce=ddw"), "{}", e.cmdline());
+        assert_eq!(e.dma_expect(), oracle::DmaExpect::Iommu);
+        assert_eq!(traced_iommu(&vof, &e), Some(IommuKind::SpaprTce));
+        assert_eq!(
+            traced_iommu(&vof, &expected_for(&vof, &RunOptions::default())),
+            None
+        );
+        // Secure: iommu+bounce, the devices keep iommu_platform.
+        let secure = RunOptions {
+            secure: Some(SecureExpect::emulate()),
+            ..opts.clone()
+        };
+        let e = expected_for(&vof, &secure);
+        assert!(e.iommu_platform);
+        assert_eq!(e.dma_expect(), oracle::DmaExpect::IommuBounce);
+        assert!(
+            reproduce_command(&vof, &secure).ends_with("--secure emulate --tce ddw"),
+            "{}",
+            reproduce_command(&vof, &secure)
+        );
+        // Without --tce, secure pseries cells stay off the IOMMU.
+        let e = expected_for(
+            &vof,
+            &RunOptions {
+                secure: Some(SecureExpect::emulate()),
+                ..Default::default()
+            },
+        );
+        assert!(!e.iommu_platform && e.iommu.is_none());
+        for c in [
+            cell(Machine::Pseries, Some(Firmware::Vof), Transport::PciLegacy),
+            cell(Machine::Q35, None, Transport::PciModern),
+            cell(Machine::Microvm, None, Transport::MmioV2),
+        ] {
+            let why = option_skip(&c, &opts).expect("skipped");
+            assert!(why.starts_with("--tce: "), "{why}");
+            assert!(expected_for(&c, &opts).iommu.is_none());
+            assert_eq!(
+                run_cell(&c, &expected_for(&c, &opts), &opts).verdict,
+                CellVerdict::Skip
+            );
+        }
+        let planned = apply_options(plan(false), &opts);
+        let running: Vec<String> = planned
+            .iter()
+            .filter(|p| p.skip.is_none())
+            .map(|p| p.cell.name())
+            .collect();
+        assert_eq!(
+            running,
+            [
+                "pseries-vof/pci-modern/split",
+                "pseries-vof/pci-modern/packed",
+                "pseries-slof/pci-modern/packed"
+            ]
+        );
+        assert_eq!("dynamic".parse::<TceMode>().unwrap(), TceMode::Dynamic);
+        assert!("static".parse::<TceMode>().is_err());
     }
 
     #[test]

@@ -168,6 +168,19 @@ pub struct Expected {
     pub iommu_platform: bool,
     /// `sg.secure` and friends; `None`: not given (the guest is not secure on these machines).
     pub secure: Option<SecureExpect>,
+    /// The devices sit behind an IOMMU that translates their DMA once they negotiate
+    /// `ACCESS_PLATFORM` (pseries: the PHB's TCE window), with these IOMMU options; `None`: no
+    /// IOMMU in their way (or none that the host set up to translate).
+    pub iommu: Option<IommuExpect>,
+}
+
+/// The IOMMU options of a run whose devices sit behind one (`sg.tce`, `sg.tce.batch`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct IommuExpect {
+    /// `sg.tce` (`dynamic`, `ddw`), when given.
+    pub tce: Option<&'static str>,
+    /// `sg.tce.batch=0`.
+    pub no_batch: bool,
 }
 
 /// The DMA path a device should report (`virtio.dma`, `dma_reason`, `result`).
@@ -179,6 +192,10 @@ pub enum DmaExpect {
     Bounce(&'static str),
     /// Secure, no `ACCESS_PLATFORM`, `sg.legacy_devices=refuse`: result `refused`, dma `none`.
     Refused,
+    /// Not secure, `ACCESS_PLATFORM` behind an IOMMU: `iommu`.
+    Iommu,
+    /// Secure, `ACCESS_PLATFORM` behind an IOMMU: `iommu+bounce`.
+    IommuBounce,
 }
 
 impl DmaExpect {
@@ -187,6 +204,9 @@ impl DmaExpect {
     pub const LEGACY_BOUNCE: &'static str = "secure, no ACCESS_PLATFORM: sg.legacy_devices=bounce";
     pub const LEGACY_REFUSED: &'static str =
         "secure, no ACCESS_PLATFORM: refused (sg.legacy_devices=refuse)";
+    pub const BEHIND_IOMMU: &'static str = "ACCESS_PLATFORM negotiated behind an IOMMU";
+    pub const SECURE_BEHIND_IOMMU: &'static str =
+        "secure, ACCESS_PLATFORM negotiated behind an IOMMU";
 
     /// `virtio.dma`.
     pub fn dma(self) -> &'static str {
@@ -194,6 +214,8 @@ impl DmaExpect {
             DmaExpect::Direct => "direct",
             DmaExpect::Bounce(_) => "bounce",
             DmaExpect::Refused => "none",
+            DmaExpect::Iommu => "iommu",
+            DmaExpect::IommuBounce => "iommu+bounce",
         }
     }
 
@@ -203,6 +225,8 @@ impl DmaExpect {
             DmaExpect::Direct => Self::NOT_SECURE,
             DmaExpect::Bounce(r) => r,
             DmaExpect::Refused => Self::LEGACY_REFUSED,
+            DmaExpect::Iommu => Self::BEHIND_IOMMU,
+            DmaExpect::IommuBounce => Self::SECURE_BEHIND_IOMMU,
         }
     }
 
@@ -224,7 +248,10 @@ impl Expected {
 
     /// The DMA path every device should take (docs/report.md, `virtio.dma_reason`).
     pub fn dma_expect(&self) -> DmaExpect {
+        let behind_iommu = self.iommu.is_some() && self.access_platform_offered();
         match &self.secure {
+            Some(s) if s.mode == SecureMode::Emulate && behind_iommu => DmaExpect::IommuBounce,
+            None if behind_iommu => DmaExpect::Iommu,
             Some(s) if s.mode == SecureMode::Emulate => {
                 if self.access_platform_offered() {
                     DmaExpect::Bounce(DmaExpect::NEGOTIATED)
@@ -275,6 +302,14 @@ impl Expected {
         }
         if let Some(s) = &self.secure {
             words.push(s.cmdline());
+        }
+        if let Some(i) = &self.iommu {
+            if let Some(t) = i.tce {
+                words.push(format!("sg.tce={t}"));
+            }
+            if i.no_batch {
+                words.push("sg.tce.batch=0".into());
+            }
         }
         words.join(" ")
     }
@@ -655,13 +690,16 @@ pub fn check_common(e: &Expected, v: &Virtio, who: &str) -> Vec<String> {
             e.transport.report_name()
         ));
     }
-    if dma == DmaExpect::Bounce(DmaExpect::NEGOTIATED)
-        && !refused
+    if matches!(
+        dma,
+        DmaExpect::Bounce(DmaExpect::NEGOTIATED) | DmaExpect::Iommu | DmaExpect::IommuBounce
+    ) && !refused
         && !has_bit(v.features_accepted.0, ACCESS_PLATFORM.0)
     {
         f.push(format!(
-            "{who}: dma bounce because ACCESS_PLATFORM was negotiated, but features_accepted \
-             lacks it"
+            "{who}: dma {} because ACCESS_PLATFORM was negotiated, but features_accepted \
+             lacks it",
+            dma.dma()
         ));
     }
     if v.transport != e.transport.report_name() {

@@ -4,7 +4,9 @@
 //! QMP socket of the command line ([`crate::config::CONSOLE_FILE`], [`crate::config::QMP_SOCKET`])
 //! land there, so parallel runs never share a path and the command line has no temporary names
 //! in it. QEMU's own stdout and stderr go to `qemu.log` next to them (a file, so that a chatty
-//! QEMU can never fill a pipe and stall).
+//! QEMU can never fill a pipe and stall). A run with trace events enabled
+//! ([`QemuConfig::trace_events`]) has QEMU's trace log there too
+//! ([`crate::config::TRACE_FILE`]); it is parsed into [`RunResult::trace`] once QEMU has exited.
 //!
 //! A run *held at shutdown* ([`QemuConfig::hold_at_shutdown`]) ends differently. QEMU starts
 //! paused (`-S`, added here), the harness connects to QMP and lets the guest go (`cont`), then
@@ -22,10 +24,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-use crate::config::{Arch, CONSOLE_FILE, QMP_SOCKET, QemuConfig, absolute, shell_join};
+use crate::config::{Arch, CONSOLE_FILE, QMP_SOCKET, QemuConfig, TRACE_FILE, absolute, shell_join};
 use crate::dump::{self, Dump, DumpPlan};
 use crate::qmp::Qmp;
 use crate::report::{self, Event, ProtocolError, Record, Report, Verdict};
+use crate::trace::TraceLog;
 
 /// QEMU's stdout and stderr, in the run directory.
 pub const QEMU_LOG: &str = "qemu.log";
@@ -98,6 +101,9 @@ pub struct RunResult {
     pub stderr: String,
     /// Runs held at shutdown: how QEMU was held and what was dumped.
     pub held: Option<Held>,
+    /// Runs with [`QemuConfig::trace_events`]: QEMU's trace log ([`TRACE_FILE`]), parsed. The
+    /// IOMMU oracle ([`crate::iommu::check_run`]) reads it.
+    pub trace: Option<TraceLog>,
 }
 
 /// How a run held at shutdown ended ([`QemuConfig::hold_at_shutdown`]).
@@ -221,6 +227,9 @@ impl fmt::Display for RunResult {
             for p in &h.problems {
                 writeln!(f, "  dump problem: {p}")?;
             }
+        }
+        if let Some(t) = &self.trace {
+            writeln!(f, "trace: {}", t.summary())?;
         }
         for e in &self.protocol_errors {
             writeln!(f, "protocol error: {e}")?;
@@ -457,6 +466,9 @@ impl Running {
         let console_bytes = read_if_exists(&dir.join(CONSOLE_FILE))?;
         let stderr = String::from_utf8_lossy(&read_if_exists(&dir.join(QEMU_LOG))?).into_owned();
         let report = Report::parse(&console_bytes);
+        // QEMU has exited, so the log backend has flushed the whole trace.
+        let trace =
+            (!self.config.trace_events.is_empty()).then(|| TraceLog::read(&dir.join(TRACE_FILE)));
         let (verdict, diagnosis) = match &held {
             Some(h) if !timed_out => decide_held(&self.config, &report, status, h, &stderr),
             _ => decide(&self.config, &report, status, timed_out, &stderr),
@@ -474,6 +486,7 @@ impl Running {
             wall_time,
             stderr,
             held,
+            trace,
         })
     }
 }
@@ -628,7 +641,7 @@ pub fn spawn(config: &QemuConfig) -> Result<Running> {
 /// console, QEMU's log and (while it runs) the QMP socket in it.
 pub fn spawn_in(config: &QemuConfig, dir: &Path) -> Result<Running> {
     fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    for f in [CONSOLE_FILE, QEMU_LOG, QMP_SOCKET] {
+    for f in [CONSOLE_FILE, QEMU_LOG, QMP_SOCKET, TRACE_FILE] {
         let _ = fs::remove_file(dir.join(f));
     }
     spawn_with(config, RunDir::Kept(absolute(dir)))

@@ -653,10 +653,13 @@ fn check_stats(
         }
     }
     // What the bounce devices say they moved went through the pool.
-    let bounce = matches!(expected.dma_expect(), DmaExpect::Bounce(_));
+    let bounce = matches!(
+        expected.dma_expect(),
+        DmaExpect::Bounce(_) | DmaExpect::IommuBounce
+    );
     let (mut to, mut from, mut requests) = (0u64, 0u64, 0u64);
     for v in records.iter().filter_map(|r| r.view::<Virtio>().ok()) {
-        if v.dma == "bounce" {
+        if v.dma == "bounce" || v.dma == "iommu+bounce" {
             to += v.bytes_to_device;
             from += v.bytes_from_device;
             requests += v.requests;

@@ -121,6 +121,16 @@ fn run_all_with(
     cmdline: &str,
     paths: DmaPaths<'_>,
 ) -> (Vec<DeviceReport>, String, Option<String>) {
+    run_all_behind(machine, cmdline, paths, None)
+}
+
+/// [`run_all_with`], every device behind IOMMU domain `domain`.
+fn run_all_behind(
+    machine: &[(String, Bus)],
+    cmdline: &str,
+    paths: DmaPaths<'_>,
+    domain: Option<usize>,
+) -> (Vec<DeviceReport>, String, Option<String>) {
     let (opts, diags) = cmdline::parse(cmdline.as_bytes());
     assert!(diags.is_empty(), "{diags:?}");
     let mut reports = Vec::new();
@@ -137,7 +147,7 @@ fn run_all_with(
                 .filter(|r: &&DeviceReport| r.device == "blk")
                 .count() as u32;
             let mut t = bus.transport();
-            if let Some(r) = runner.run(loc, &mut t) {
+            if let Some(r) = runner.run_behind(loc, &mut t, domain) {
                 let rec = Record::new(&mut console, "virtio").u64("t_us", 1);
                 assert!(virtio_record(rec, &r).end());
                 reports.push(r);
@@ -626,4 +636,265 @@ fn failing_devices_give_everything_back_to_the_pool() {
         assert_eq!(r.dma.name, "bounce");
     }
     assert!(s.dma.maps > 2, "{s:?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// IOMMU paths.
+
+mod iommu {
+    use super::*;
+    use crate::dma::DmaError;
+    use crate::dma::iommu::{
+        CallCount, DomainInfo, DomainSetup, IommuBackend, IommuDma, LazyDomain, MAX_CALL_KINDS,
+        Perm,
+    };
+    use crate::platform::decide::DmaChoice;
+    use crate::virtio::fakedev::{close_window, open_window};
+    use std::sync::{Arc, Mutex};
+
+    /// An IOMMU whose mappings the fake devices see (and nothing else).
+    struct FakeIommu {
+        calls: [CallCount; MAX_CALL_KINDS],
+        /// Fail every map with this code.
+        fail: Option<i64>,
+    }
+
+    impl IommuBackend for FakeIommu {
+        fn page_shift(&self) -> u32 {
+            12
+        }
+
+        fn aperture(&self) -> (u64, u64) {
+            (0x4000_0000, 1 << 30)
+        }
+
+        fn map(&mut self, iova: u64, phys: u64, pages: u64, _perm: Perm) -> Result<(), DmaError> {
+            self.calls[0].add(pages);
+            if let Some(code) = self.fail {
+                return Err(DmaError::Platform { code });
+            }
+            open_window(iova, phys as usize, (pages << 12) as usize);
+            Ok(())
+        }
+
+        fn unmap(&mut self, iova: u64, pages: u64) -> Result<(), DmaError> {
+            self.calls[1].add(pages);
+            close_window(iova);
+            Ok(())
+        }
+
+        fn calls(&self) -> [CallCount; MAX_CALL_KINDS] {
+            self.calls
+        }
+    }
+
+    struct Setup {
+        runs: Arc<Mutex<u32>>,
+        fail: Option<i64>,
+    }
+
+    impl<'a> DomainSetup<'a> for Setup {
+        fn setup(self: Box<Self>) -> Result<IommuDma<'a>, DmaError> {
+            *self.runs.lock().unwrap() += 1;
+            let backend = FakeIommu {
+                calls: [
+                    CallCount::named("MAP"),
+                    CallCount::named("UNMAP"),
+                    CallCount::default(),
+                ],
+                fail: self.fail,
+            };
+            let info = DomainInfo {
+                backend: "fake",
+                mode: "dynamic",
+                mapping: "per-map",
+                ..DomainInfo::default()
+            };
+            IommuDma::dynamic(Box::new(backend), info)
+        }
+    }
+
+    fn domains(fail: Option<i64>) -> (Vec<LazyDomain<'static>>, Arc<Mutex<u32>>) {
+        let runs = Arc::new(Mutex::new(0));
+        let setup = Setup {
+            runs: runs.clone(),
+            fail,
+        };
+        (
+            vec![LazyDomain::new("/pci@0".into(), Box::new(setup))],
+            runs,
+        )
+    }
+
+    fn disks() -> Vec<(String, Bus)> {
+        vec![
+            ("00:01.0".into(), blk_bus(256 << 10, 11, 0)),
+            ("00:02.0".into(), blk_bus(128 << 10, 12, 0)),
+        ]
+    }
+
+    /// Both disks read through a dynamic IOMMU domain: the data arrives (the fake device only
+    /// reaches what the IOMMU mapped), and each record counts its own share.
+    #[test]
+    fn devices_behind_an_iommu_move_their_data_through_it() {
+        let m = disks();
+        let direct = Direct::new();
+        let (doms, runs) = domains(None);
+        let paths = DmaPaths::direct(&direct).with(DmaChoice::Auto, &doms);
+        let (reports, console, _) = run_all_behind(&m, "sg.blk.req=16K", paths, Some(0));
+        assert_eq!(*runs.lock().unwrap(), 1, "one setup for both devices");
+        for (r, (size, seed)) in reports.iter().zip([(256 << 10, 11), (128 << 10, 12)]) {
+            assert_eq!(r.outcome, Outcome::Ok, "{r:?}");
+            assert_eq!(
+                (r.dma.name, r.dma.reason),
+                ("iommu", "ACCESS_PLATFORM negotiated behind an IOMMU")
+            );
+            let Specific::Blk(b) = &r.specific else {
+                panic!()
+            };
+            assert_eq!(b.read_crc32c, crc32c(&disk(size, seed)));
+            let io = r.dma.iommu.expect("an iommu report");
+            let s = io.stats;
+            assert!(s.maps > 0 && s.maps == s.unmaps, "{s:?}");
+            assert!(s.dma_maps > 0 && s.dma_maps == s.dma_unmaps, "{s:?}");
+            assert_eq!(s.calls, s.maps + s.unmaps);
+            assert_eq!(s.pages, 0, "everything unmapped after the reset");
+            assert!(s.pages_peak > 0);
+            assert_eq!((s.kinds[0].name, s.kinds[0].calls), ("MAP", s.maps));
+            assert_eq!(io.info.backend, "fake");
+        }
+        assert_eq!(direct.stats().maps, 0, "nothing went around the IOMMU");
+        let d = doms[0].state().unwrap().unwrap();
+        let total = d.iommu_stats();
+        let share: u64 = reports
+            .iter()
+            .map(|r| r.dma.iommu.unwrap().stats.calls)
+            .sum();
+        assert_eq!(
+            total.calls, share,
+            "the devices' shares add up to the domain's"
+        );
+        // The records and the `iommu` record parse.
+        let mut text = console.clone();
+        assert!(iommu_record(Record::new(&mut text, "iommu").u64("t_us", 2), &doms[0]).end());
+        let report = parsed(&text);
+        let rec = report.events("virtio").next().unwrap();
+        let first = reports[0].dma.iommu.unwrap().stats;
+        assert_eq!(
+            rec.fields["iommu"]["calls_by_kind"]["MAP"]["calls"],
+            first.maps
+        );
+        assert_eq!(rec.fields["iommu"]["dma_maps"], first.dma_maps);
+        let last = report.events("iommu").next().unwrap();
+        assert_eq!(last.fields["result"], "ok");
+        assert_eq!(last.fields["iommu"]["maps"], total.maps);
+    }
+
+    /// An impossible `sg.dma` is an error record for the device, and no IOMMU is touched.
+    #[test]
+    fn impossible_choices_fail_the_device_and_set_nothing_up() {
+        let m = disks();
+        let direct = Direct::new();
+        let (doms, runs) = domains(None);
+        for (choice, domain, why) in [
+            (
+                DmaChoice::Direct,
+                Some(0),
+                "dma: sg.dma=direct, but ACCESS_PLATFORM",
+            ),
+            (
+                DmaChoice::Bounce,
+                Some(0),
+                "dma: sg.dma=bounce needs the shared pool",
+            ),
+            (
+                DmaChoice::IommuBounce,
+                Some(0),
+                "dma: sg.dma=iommu+bounce needs",
+            ),
+            (
+                DmaChoice::Iommu,
+                None,
+                "dma: sg.dma asks for an IOMMU, but the device is behind none",
+            ),
+        ] {
+            let paths = DmaPaths::direct(&direct).with(choice, &doms);
+            let (reports, console, _) = run_all_behind(&m, "", paths, domain);
+            for r in &reports {
+                match &r.outcome {
+                    Outcome::Error(e) => assert!(e.starts_with(why), "{choice:?}: {e}"),
+                    o => panic!("{choice:?}: {o:?}"),
+                }
+                assert_eq!(r.dma.name, "none");
+                assert!(r.dma.iommu.is_none());
+                assert_eq!(r.counters.requests, 0);
+            }
+            parsed(&console);
+        }
+        assert_eq!(*runs.lock().unwrap(), 0, "no device needed the IOMMU");
+        assert!(doms[0].state().is_none());
+        let mut unused = String::new();
+        assert!(iommu_record(Record::new(&mut unused, "iommu"), &doms[0]).end());
+        assert!(unused.contains(r#""result":"unused""#), "{unused}");
+        // Forced, and possible: direct for a device without ACCESS_PLATFORM behind the IOMMU.
+        let legacy = vec![("00:03.0".to_string(), {
+            let c = BlkConfig::for_disk(64 << 10);
+            Bus::new(
+                DeviceType::BLOCK,
+                bf::FLUSH,
+                &[64],
+                c.bytes(),
+                BlkModel::new(disk(64 << 10, 3)),
+            )
+        })];
+        let paths = DmaPaths::direct(&direct).with(DmaChoice::Direct, &doms);
+        let (reports, _, _) = run_all_behind(&legacy, "", paths, Some(0));
+        assert_eq!(
+            (reports[0].outcome.clone(), reports[0].dma.name),
+            (Outcome::Ok, "direct")
+        );
+        assert_eq!(reports[0].dma.reason, "sg.dma=direct");
+    }
+
+    /// A domain whose setup fails (a hypercall error, a malformed window): every device behind
+    /// it gets the error, with the code, and the `iommu` record says so.
+    #[test]
+    fn a_failed_setup_is_every_device_error() {
+        let m = disks();
+        let direct = Direct::new();
+        let (doms, runs) = domains(Some(-4));
+        // The setup itself works; the first mapping fails with the hypercall's code.
+        let paths = DmaPaths::direct(&direct).with(DmaChoice::Auto, &doms);
+        let (reports, _, _) = run_all_behind(&m, "", paths, Some(0));
+        assert_eq!(*runs.lock().unwrap(), 1);
+        for r in &reports {
+            let Outcome::Error(e) = &r.outcome else {
+                panic!("{r:?}")
+            };
+            assert!(e.contains("platform refused (code -4)"), "{e}");
+            assert_eq!(r.dma.name, "iommu");
+            assert!(r.dma.iommu.unwrap().stats.failures > 0);
+        }
+        let failed = vec![LazyDomain::failed(
+            "/pci@1".into(),
+            DmaError::InvalidRequest("ibm,dma-window has size 0"),
+        )];
+        let paths = DmaPaths::direct(&direct).with(DmaChoice::Auto, &failed);
+        let (reports, _, _) = run_all_behind(&m, "", paths, Some(0));
+        for r in &reports {
+            assert_eq!(
+                r.outcome,
+                Outcome::Error("dma: the IOMMU could not be set up: invalid request: ibm,dma-window has size 0".into())
+            );
+            assert_eq!(r.dma.name, "none");
+        }
+        let mut text = String::new();
+        assert!(iommu_record(Record::new(&mut text, "iommu"), &failed[0]).end());
+        assert!(
+            text.contains(
+                r#""result":"error","error":"invalid request: ibm,dma-window has size 0""#
+            ),
+            "{text}"
+        );
+    }
 }

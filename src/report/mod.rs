@@ -4,7 +4,7 @@
 //! with a tiny streaming JSON writer so that no allocation is needed: a report must still come
 //! out when the heap is broken or not yet set up.
 
-use core::fmt::{self, Write};
+use core::fmt::Write;
 
 /// Version of the report format. Bump it on any change a reader could notice, and say what
 /// changed in docs/report.md.
@@ -45,131 +45,78 @@ impl Verdict {
 
 /// Writes one record: `@sg {"event":"…","v":1, …}` and the newline on `end`.
 /// `W` is the sink itself or a `&mut` to one (`&mut String` is a `fmt::Write` too).
+///
+/// Every method is out of line and hands `&mut dyn Write` to the writers below, and numbers
+/// are formatted without `core::fmt`. A boot writes a few hundred fields from dozens of call
+/// sites: inlined, each field was several branches and calls of its own, which cost image size
+/// and, under TCG, a translation of each of them the first time it runs (~10 µs each on
+/// pseries). Out of line, a field is one call.
 pub struct Record<W: Write> {
     out: W,
     failed: bool,
 }
 
 impl<W: Write> Record<W> {
-    pub fn new(out: W, event: &str) -> Self {
-        let mut r = Record { out, failed: false };
-        r.raw(LINE_PREFIX);
-        r.raw("{\"event\":");
-        r.string_value(event);
-        r.raw(",\"v\":");
-        r.display(REPORT_VERSION);
-        r
-    }
-
-    fn raw(&mut self, s: &str) {
-        if self.out.write_str(s).is_err() {
-            self.failed = true;
-        }
-    }
-
-    fn display(&mut self, v: impl fmt::Display) {
-        if write!(self.out, "{v}").is_err() {
-            self.failed = true;
-        }
-    }
-
-    fn key(&mut self, key: &str) {
-        self.raw(",");
-        self.string_value(key);
-        self.raw(":");
-    }
-
-    fn string_value(&mut self, s: &str) {
-        self.raw("\"");
-        self.escaped(s);
-        self.raw("\"");
-    }
-
-    /// Writes `s` escaped for a JSON string, without quotes.
-    fn escaped(&mut self, s: &str) {
-        let mut start = 0;
-        for (i, c) in s.char_indices() {
-            let escaped = match c {
-                '"' => "\\\"",
-                '\\' => "\\\\",
-                '\n' => "\\n",
-                '\r' => "\\r",
-                '\t' => "\\t",
-                c if (c as u32) < 0x20 || c == '\u{7f}' => "",
-                _ => continue,
-            };
-            self.raw(&s[start..i]);
-            if escaped.is_empty() {
-                if write!(self.out, "\\u{:04x}", c as u32).is_err() {
-                    self.failed = true;
-                }
-            } else {
-                self.raw(escaped);
-            }
-            start = i + c.len_utf8();
-        }
-        self.raw(&s[start..]);
+    #[inline(never)]
+    pub fn new(mut out: W, event: &str) -> Self {
+        let failed = begin_record(&mut out, event);
+        Record { out, failed }
     }
 
     /// A string field. Control characters are escaped, so a hostile string from the host cannot
     /// break the line structure of the report.
+    #[inline(never)]
     pub fn str(mut self, key: &str, value: &str) -> Self {
-        self.key(key);
-        self.string_value(value);
+        self.failed |= field(&mut self.out, key, Value::Str(value));
         self
     }
 
     /// A string made of bytes from the host: invalid UTF-8 is replaced, never trusted.
+    #[inline(never)]
     pub fn bytes_lossy(mut self, key: &str, value: &[u8]) -> Self {
-        self.key(key);
-        self.raw("\"");
-        for chunk in value.utf8_chunks() {
-            self.escaped(chunk.valid());
-            if !chunk.invalid().is_empty() {
-                self.raw("\u{fffd}");
-            }
-        }
-        self.raw("\"");
+        self.failed |= field(&mut self.out, key, Value::Bytes(value));
         self
     }
 
+    #[inline(never)]
     pub fn u64(mut self, key: &str, value: u64) -> Self {
-        self.key(key);
-        self.display(value);
+        self.failed |= field(&mut self.out, key, Value::U64(value));
         self
     }
 
     /// A 64-bit value as a hex string (`"0x1f"`): JSON numbers lose precision above 2^53.
+    #[inline(never)]
     pub fn hex(mut self, key: &str, value: u64) -> Self {
-        self.key(key);
-        if write!(self.out, "\"{value:#x}\"").is_err() {
-            self.failed = true;
-        }
+        self.failed |= field(&mut self.out, key, Value::Hex(value));
         self
     }
 
+    #[inline(never)]
     pub fn bool(mut self, key: &str, value: bool) -> Self {
-        self.key(key);
-        self.raw(if value { "true" } else { "false" });
+        let v = if value { "true" } else { "false" };
+        self.failed |= field(&mut self.out, key, Value::Raw(v));
         self
     }
 
+    #[inline(never)]
     pub fn null(mut self, key: &str) -> Self {
-        self.key(key);
-        self.raw("null");
+        self.failed |= field(&mut self.out, key, Value::Raw("null"));
         self
     }
 
-    pub fn opt_u64(self, key: &str, value: Option<u64>) -> Self {
-        match value {
-            Some(v) => self.u64(key, v),
-            None => self.null(key),
-        }
+    #[inline(never)]
+    pub fn opt_u64(mut self, key: &str, value: Option<u64>) -> Self {
+        let v = match value {
+            Some(v) => Value::U64(v),
+            None => Value::Raw("null"),
+        };
+        self.failed |= field(&mut self.out, key, v);
+        self
     }
 
     /// Raw JSON produced by the caller (an array or object built with [`Json`]).
-    pub fn json(mut self, key: &str, f: impl FnOnce(&mut Json<'_, W>)) -> Self {
-        self.key(key);
+    pub fn json(mut self, key: &str, f: impl FnOnce(&mut Json<'_>)) -> Self {
+        self.failed |= field(&mut self.out, key, Value::Raw(""));
         let mut j = Json {
             out: &mut self.out,
             failed: false,
@@ -181,87 +128,180 @@ impl<W: Write> Record<W> {
     }
 
     /// Finishes the line. Returns whether everything was written.
+    #[inline(never)]
     pub fn end(mut self) -> bool {
-        self.raw("}\n");
+        self.failed |= self.out.write_str("}\n").is_err();
         !self.failed
     }
 }
 
+/// One JSON value, for the out-of-line writers.
+#[derive(Clone, Copy)]
+enum Value<'a> {
+    Str(&'a str),
+    Bytes(&'a [u8]),
+    U64(u64),
+    Hex(u64),
+    /// Written as is: `true`, `null`, or nothing (the caller writes the value).
+    Raw(&'a str),
+}
+
+/// `@sg {"event":…,"v":N`. Returns whether anything failed.
+fn begin_record(out: &mut dyn Write, event: &str) -> bool {
+    let mut failed = out.write_str(LINE_PREFIX).is_err();
+    failed |= out.write_str("{\"event\":").is_err();
+    failed |= value(out, Value::Str(event));
+    failed |= out.write_str(",\"v\":").is_err();
+    failed | value(out, Value::U64(REPORT_VERSION.into()))
+}
+
+/// `,"key":value`. Returns whether anything failed.
+#[inline(never)]
+fn field(out: &mut dyn Write, key: &str, v: Value<'_>) -> bool {
+    let mut failed = out.write_str(",").is_err();
+    failed |= value(out, Value::Str(key));
+    failed |= out.write_str(":").is_err();
+    failed | value(out, v)
+}
+
+/// Writes one value. Returns whether anything failed.
+#[inline(never)]
+fn value(out: &mut dyn Write, v: Value<'_>) -> bool {
+    match v {
+        Value::Str(s) => {
+            let mut failed = out.write_str("\"").is_err();
+            failed |= escaped(out, s);
+            failed | out.write_str("\"").is_err()
+        }
+        Value::Bytes(b) => {
+            let mut failed = out.write_str("\"").is_err();
+            for chunk in b.utf8_chunks() {
+                failed |= escaped(out, chunk.valid());
+                if !chunk.invalid().is_empty() {
+                    failed |= out.write_str("\u{fffd}").is_err();
+                }
+            }
+            failed | out.write_str("\"").is_err()
+        }
+        Value::U64(n) => out.write_str(digits(&mut [0; 20], n, 10)).is_err(),
+        Value::Hex(n) => {
+            let mut failed = out.write_str("\"0x").is_err();
+            failed |= out.write_str(digits(&mut [0; 20], n, 16)).is_err();
+            failed | out.write_str("\"").is_err()
+        }
+        Value::Raw(s) => out.write_str(s).is_err(),
+    }
+}
+
+/// `n` in base 10 or 16 (lower case), without `core::fmt`.
+fn digits(buf: &mut [u8; 20], mut n: u64, base: u64) -> &str {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b"0123456789abcdef"[(n % base) as usize];
+        n /= base;
+        if n == 0 {
+            break;
+        }
+    }
+    // Only ASCII digits were written.
+    core::str::from_utf8(&buf[i..]).unwrap_or("")
+}
+
+/// Writes `s` escaped for a JSON string, without quotes. Returns whether anything failed.
+fn escaped(out: &mut dyn Write, s: &str) -> bool {
+    let mut failed = false;
+    let mut start = 0;
+    for (i, c) in s.char_indices() {
+        let escaped = match c {
+            '"' => "\\\"",
+            '\\' => "\\\\",
+            '\n' => "\\n",
+            '\r' => "\\r",
+            '\t' => "\\t",
+            c if (c as u32) < 0x20 || c == '\u{7f}' => "",
+            _ => continue,
+        };
+        failed |= out.write_str(&s[start..i]).is_err();
+        if escaped.is_empty() {
+            // \u00XX: one or two hex digits after the zeros.
+            let mut hex = [0; 20];
+            let h = digits(&mut hex, c as u64, 16);
+            failed |= out.write_str(["\\u00", "\\u000"][h.len() % 2]).is_err();
+            failed |= out.write_str(h).is_err();
+        } else {
+            failed |= out.write_str(escaped).is_err();
+        }
+        start = i + c.len_utf8();
+    }
+    failed | out.write_str(&s[start..]).is_err()
+}
+
 /// Writer for nested JSON arrays and objects inside a record.
-pub struct Json<'w, W: Write> {
-    out: &'w mut W,
+pub struct Json<'w> {
+    out: &'w mut dyn Write,
     failed: bool,
     first: bool,
 }
 
-impl<W: Write> Json<'_, W> {
-    fn raw(&mut self, s: &str) {
-        if self.out.write_str(s).is_err() {
-            self.failed = true;
-        }
-    }
-    fn sep(&mut self) {
+impl Json<'_> {
+    #[inline(never)]
+    fn put(&mut self, v: Value<'_>) {
         if !self.first {
-            self.raw(",");
+            self.failed |= self.out.write_str(",").is_err();
         }
         self.first = false;
+        self.failed |= value(self.out, v);
     }
-    fn string(&mut self, s: &str) {
-        let mut r = Record {
-            out: &mut *self.out,
-            failed: false,
-        };
-        r.string_value(s);
-        self.failed |= r.failed;
+    #[inline(never)]
+    fn close(&mut self, s: &str) {
+        self.failed |= self.out.write_str(s).is_err();
+        self.first = false;
     }
+    #[inline(never)]
     pub fn begin_array(&mut self) {
-        self.sep();
-        self.raw("[");
+        self.put(Value::Raw("["));
         self.first = true;
     }
+    #[inline(never)]
     pub fn end_array(&mut self) {
-        self.raw("]");
-        self.first = false;
+        self.close("]");
     }
+    #[inline(never)]
     pub fn begin_object(&mut self) {
-        self.sep();
-        self.raw("{");
+        self.put(Value::Raw("{"));
         self.first = true;
     }
+    #[inline(never)]
     pub fn end_object(&mut self) {
-        self.raw("}");
-        self.first = false;
+        self.close("}");
     }
     /// A key inside an object; the value follows with one of the value methods.
+    #[inline(never)]
     pub fn key(&mut self, k: &str) {
-        self.sep();
-        self.string(k);
-        self.raw(":");
+        self.put(Value::Str(k));
+        self.close(":");
         self.first = true;
     }
+    #[inline(never)]
     pub fn str(&mut self, s: &str) {
-        self.sep();
-        self.string(s);
+        self.put(Value::Str(s));
     }
+    #[inline(never)]
     pub fn u64(&mut self, v: u64) {
-        self.sep();
-        if write!(self.out, "{v}").is_err() {
-            self.failed = true;
-        }
+        self.put(Value::U64(v));
     }
+    #[inline(never)]
     pub fn hex(&mut self, v: u64) {
-        self.sep();
-        if write!(self.out, "\"{v:#x}\"").is_err() {
-            self.failed = true;
-        }
+        self.put(Value::Hex(v));
     }
+    #[inline(never)]
     pub fn null(&mut self) {
-        self.sep();
-        self.raw("null");
+        self.put(Value::Raw("null"));
     }
+    #[inline(never)]
     pub fn bool(&mut self, v: bool) {
-        self.sep();
-        self.raw(if v { "true" } else { "false" });
+        self.put(Value::Raw(if v { "true" } else { "false" }));
     }
 }
 

@@ -109,6 +109,10 @@ pub struct BlkInfo {
     /// Bytes read and checksummed, in disk order.
     pub read_bytes: u64,
     pub read_crc32c: u32,
+    /// Microseconds the read took, from its first request to its last completion (0 when the
+    /// clock is not calibrated, or nothing was read): throughput without the init and teardown
+    /// around it.
+    pub read_us: u64,
     /// The write that `sg.blk.write` asked of this disk, and the CRC32C of the data written.
     pub write: Option<(BlkWrite, u32)>,
     /// A flush completed after the write.
@@ -117,8 +121,7 @@ pub struct BlkInfo {
     pub req_bytes: u32,
     /// The most read or write requests that were in flight at once.
     pub max_in_flight: u32,
-    /// Microseconds the sequential read, the random reads and the write took (0: not done).
-    pub read_us: u64,
+    /// Microseconds the random reads and the write took, as `read_us` for the read.
     pub random_us: u64,
     pub write_us: u64,
     /// Random reads done, their bytes, and the CRC32C of their data in issue order.

@@ -6,8 +6,10 @@
 //!
 //! 1. [`init_device`] with its device bits plus [`Settings::core_features`]. Once the features
 //!    are negotiated, and before any queue exists, it chooses the device's DMA path from the
-//!    [`DmaPaths`] of the run ([`DmaPaths::choose`]: direct, bounce, or refused, the table of
-//!    [`crate::platform::decide`]). A refused device gets FAILED and nothing else. Otherwise the
+//!    [`DmaPaths`] of the run ([`DmaPaths::choose`]: direct, bounce, iommu, iommu+bounce,
+//!    refused or invalid, the table of [`crate::platform::decide::device_dma`]; an IOMMU path
+//!    sets the device's domain up the first time). A refused device gets FAILED and nothing
+//!    else; so does one whose path is invalid, with an error. Otherwise the
 //!    driver's setup closure builds its queues with [`Resources::dma`] (so that on the bounce
 //!    path the rings live in the shared pool) and pushes them into a [`Resources`] right away,
 //!    so that a failure halfway still reclaims them;
@@ -34,8 +36,9 @@ use super::init::{self, InitError, Negotiation};
 use super::queue::{RingFormat, Segment, Virtqueue};
 use super::transport::Transport;
 use super::wait::{Clock, Deadline};
+use crate::dma::iommu::{DomainInfo, IommuDma, IommuDomains, IommuStats, NoDomains};
 use crate::dma::{Direction, Dma, DmaConstraints, DmaError, Mapping, SharedRegion};
-use crate::platform::decide::{self, DeviceDma, LegacyPolicy};
+use crate::platform::decide::{self, DeviceDma, DmaChoice, LegacyPolicy};
 use crate::platform::secret;
 
 /// The shared bounce pool of a secure guest, as the drivers use it.
@@ -53,7 +56,8 @@ pub struct SharedPool<'d> {
 }
 
 /// How the DMA path of every device of a run is chosen, once its features are known. One value
-/// for the whole run, made in the boot flow after the secure decision.
+/// for the whole run, made in the boot flow after the secure decision; [`DmaPaths::behind`]
+/// adds the IOMMU domain of one device.
 #[derive(Clone, Copy)]
 pub struct DmaPaths<'d> {
     /// The path of a non-secure guest.
@@ -61,27 +65,51 @@ pub struct DmaPaths<'d> {
     /// A secure guest's pool; `None` when the guest is not secure.
     pool: Option<SharedPool<'d>>,
     legacy: LegacyPolicy,
+    /// `sg.dma`.
+    choice: DmaChoice,
+    /// The run's IOMMU domains (pseries: one per PHB with a TCE window), set up on first use.
+    domains: &'d dyn IommuDomains,
+    /// The domain (index in `domains`) of the device being set up: it sits behind an IOMMU that
+    /// translates its DMA once it negotiates `ACCESS_PLATFORM`.
+    domain: Option<usize>,
 }
 
 impl<'d> DmaPaths<'d> {
-    /// Not secure: every device gets `dma` (direct).
+    /// Not secure: every device gets `dma` (direct), unless an IOMMU or `sg.dma` says otherwise.
     pub fn direct(dma: &'d dyn Dma) -> Self {
         DmaPaths {
             direct: dma,
             pool: None,
             legacy: LegacyPolicy::DEFAULT,
+            choice: DmaChoice::Auto,
+            domains: &NoDomains,
+            domain: None,
         }
     }
 
-    /// Secure: every device goes through `pool`, or is refused without ACCESS_PLATFORM when
-    /// `legacy` says so. `direct` is kept only for completeness: the secure table never gives a
-    /// device the direct path.
+    /// Secure: every device goes through `pool` (or its IOMMU's window onto it), or is refused
+    /// without ACCESS_PLATFORM when `legacy` says so. `direct` is kept only for completeness:
+    /// the secure table never gives a device the direct path.
     pub fn secure(direct: &'d dyn Dma, pool: SharedPool<'d>, legacy: LegacyPolicy) -> Self {
         DmaPaths {
-            direct,
             pool: Some(pool),
             legacy,
+            ..Self::direct(direct)
         }
+    }
+
+    /// With `sg.dma` and the run's IOMMU domains.
+    pub fn with(self, choice: DmaChoice, domains: &'d dyn IommuDomains) -> Self {
+        DmaPaths {
+            choice,
+            domains,
+            ..self
+        }
+    }
+
+    /// For a device behind IOMMU domain `domain` (an index in the run's domains), or none.
+    pub fn behind(self, domain: Option<usize>) -> Self {
+        DmaPaths { domain, ..self }
     }
 
     pub fn is_secure(&self) -> bool {
@@ -92,52 +120,118 @@ impl<'d> DmaPaths<'d> {
         self.legacy
     }
 
-    /// The path of a device that negotiated `VIRTIO_F_ACCESS_PLATFORM` or not, by the table of
-    /// [`decide::device_dma`]; the reason is the one of docs/report.md (`dma_reason`).
-    pub fn choose(&self, access_platform: bool) -> DevicePath<'d> {
-        let (kind, _) = decide::device_dma(self.is_secure(), access_platform, self.legacy);
-        let reason = dma_reason(kind, access_platform);
-        match (kind, self.pool) {
-            (DeviceDma::Bounce, Some(pool)) => DevicePath {
-                dma: Some(pool.dma),
-                kind,
-                reason,
-                max_mapping: pool.max_mapping,
-                max_request: usize::try_from(pool.size / 4).unwrap_or(usize::MAX),
+    fn table(&self, access_platform: bool) -> (DeviceDma, &'static str) {
+        let translated = self.domain.is_some_and(|i| self.domains.has(i));
+        let secure = self.is_secure();
+        decide::device_dma(
+            self.choice,
+            secure,
+            access_platform,
+            translated,
+            self.legacy,
+        )
+    }
+
+    /// `dma` and `dma_reason` the device would get, without setting anything up (for a device
+    /// whose init failed before its features were known, and for devices not driven).
+    pub fn would_choose(&self, access_platform: bool) -> DmaReport {
+        let (kind, reason) = self.table(access_platform);
+        DmaReport {
+            name: match kind {
+                DeviceDma::Refuse | DeviceDma::Invalid => "none",
+                k => k.as_str(),
             },
-            (DeviceDma::Refuse, _) => DevicePath {
-                dma: None,
-                kind,
-                reason,
-                max_mapping: 0,
-                max_request: 0,
-            },
-            // Direct (the table gives it only when not secure).
-            _ => DevicePath {
-                dma: Some(self.direct),
-                kind: DeviceDma::Direct,
-                reason,
-                max_mapping: usize::MAX,
-                max_request: usize::MAX,
-            },
+            reason,
+            iommu: None,
         }
     }
-}
 
-/// The `dma_reason` of docs/report.md for a path.
-fn dma_reason(kind: DeviceDma, access_platform: bool) -> &'static str {
-    match (kind, access_platform) {
-        (DeviceDma::Direct, _) => "not secure",
-        (DeviceDma::Bounce, true) => "secure, ACCESS_PLATFORM negotiated",
-        (DeviceDma::Bounce, false) => "secure, no ACCESS_PLATFORM: sg.legacy_devices=bounce",
-        (DeviceDma::Refuse, _) => "secure, no ACCESS_PLATFORM: refused (sg.legacy_devices=refuse)",
+    /// The path of a device that negotiated `VIRTIO_F_ACCESS_PLATFORM` or not, by the table of
+    /// [`decide::device_dma`]; the reason is the one of docs/report.md (`dma_reason`). An IOMMU
+    /// path sets the device's domain up if nobody did yet; a setup that fails makes the path
+    /// invalid, with the error.
+    pub fn choose(&self, access_platform: bool) -> DevicePath<'d> {
+        let (kind, reason) = self.table(access_platform);
+        let none = DevicePath {
+            dma: None,
+            kind,
+            reason,
+            max_mapping: 0,
+            max_request: 0,
+            iommu: None,
+            error: None,
+        };
+        let unlimited = DevicePath {
+            max_mapping: usize::MAX,
+            max_request: usize::MAX,
+            ..none
+        };
+        let quarter = |bytes: u64| usize::try_from(bytes / 4).unwrap_or(usize::MAX);
+        // Only an IOMMU path sets the domain up.
+        let iommu = matches!(kind, DeviceDma::Iommu | DeviceDma::IommuBounce);
+        let domain = self
+            .domain
+            .filter(|_| iommu)
+            .and_then(|i| self.domains.domain(i));
+        match (kind, self.pool, domain) {
+            (DeviceDma::Direct, _, _) => DevicePath {
+                dma: Some(self.direct),
+                ..unlimited
+            },
+            (DeviceDma::Bounce, Some(pool), _) => DevicePath {
+                dma: Some(pool.dma),
+                max_mapping: pool.max_mapping,
+                max_request: quarter(pool.size),
+                ..none
+            },
+            (DeviceDma::Iommu | DeviceDma::IommuBounce, _, Some(domain)) => match domain {
+                Ok(d) if d.name() == kind.as_str() => {
+                    let (max_mapping, max_request) = match (kind, self.pool) {
+                        (DeviceDma::IommuBounce, Some(pool)) => {
+                            (pool.max_mapping, quarter(pool.size))
+                        }
+                        // A dynamic domain: no request takes more than a quarter of the IOVA
+                        // space, so that it fits once the requests before it completed.
+                        _ => match d.iova_capacity() {
+                            0 => (usize::MAX, usize::MAX),
+                            cap => (quarter(cap), quarter(cap)),
+                        },
+                    };
+                    DevicePath {
+                        dma: Some(d),
+                        max_mapping,
+                        max_request,
+                        iommu: Some(d),
+                        ..none
+                    }
+                }
+                Ok(_) => DevicePath {
+                    kind: DeviceDma::Invalid,
+                    reason: "the IOMMU domain was set up for another DMA path",
+                    ..none
+                },
+                Err(e) => DevicePath {
+                    kind: DeviceDma::Invalid,
+                    reason: "the IOMMU could not be set up",
+                    error: Some(e),
+                    ..none
+                },
+            },
+            (DeviceDma::Refuse | DeviceDma::Invalid, _, _) => none,
+            // The table gives bounce only with a pool and an IOMMU path only with a domain.
+            _ => DevicePath {
+                kind: DeviceDma::Invalid,
+                reason: "no such DMA path on this guest",
+                ..none
+            },
+        }
     }
 }
 
 /// The DMA path one device got.
 #[derive(Clone, Copy)]
 pub struct DevicePath<'d> {
-    /// `None`: refused (the device is failed and never given memory).
+    /// `None`: refused or invalid (the device is failed and never given memory).
     pub dma: Option<&'d dyn Dma>,
     pub kind: DeviceDma,
     /// `dma_reason` of the record.
@@ -146,10 +240,14 @@ pub struct DevicePath<'d> {
     pub max_mapping: usize,
     /// The most data bytes one request should carry (bounce: a quarter of the pool).
     pub max_request: usize,
+    /// The IOMMU domain the device's DMA goes through, for its counts.
+    pub iommu: Option<&'d IommuDma<'d>>,
+    /// Why an IOMMU path is invalid: its setup failed with this.
+    pub error: Option<DmaError>,
 }
 
 impl DevicePath<'_> {
-    /// `dma` of the record: the path's name, `none` when refused.
+    /// `dma` of the record: the path's name, `none` when refused or invalid.
     pub fn name(&self) -> &'static str {
         self.dma.map_or("none", |d| d.name())
     }
@@ -158,15 +256,34 @@ impl DevicePath<'_> {
         DmaReport {
             name: self.name(),
             reason: self.reason,
+            iommu: None,
+        }
+    }
+
+    /// The init error of a device this path fails: its reason, and the setup error.
+    fn failure(&self) -> String {
+        match self.error {
+            Some(e) => format!("dma: {}: {e}", self.reason),
+            None => format!("dma: {}", self.reason),
         }
     }
 }
 
-/// `dma` and `dma_reason` of a `virtio` record.
+/// An IOMMU domain, and what one device did in it (`virtio.iommu`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IommuReport {
+    pub info: DomainInfo,
+    /// The device's share: counts from its path's choice to its teardown, the peak of pages in
+    /// that time.
+    pub stats: IommuStats,
+}
+
+/// `dma` and `dma_reason` of a `virtio` record, and `iommu` on an IOMMU path.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DmaReport {
     pub name: &'static str,
     pub reason: &'static str,
+    pub iommu: Option<IommuReport>,
 }
 
 /// The counter of the first secret mark written into a driver buffer. Marks of the boot flow's
@@ -424,6 +541,8 @@ impl Drop for DmaBuf {
 pub struct Resources<'d> {
     paths: DmaPaths<'d>,
     path: Option<DevicePath<'d>>,
+    /// The IOMMU counts when the path was chosen.
+    iommu_start: Option<IommuStats>,
     pub queues: Vec<Virtqueue<'d>>,
     pub regions: Vec<SharedRegion>,
     pub bufs: Vec<DmaBuf>,
@@ -434,6 +553,7 @@ impl<'d> Resources<'d> {
         Resources {
             paths: *paths,
             path: None,
+            iommu_start: None,
             queues: Vec::new(),
             regions: Vec::new(),
             bufs: Vec::new(),
@@ -463,9 +583,18 @@ impl<'d> Resources<'d> {
     /// `dma` and `dma_reason` of the record: the chosen path, or, when init failed before the
     /// path was chosen, the one the device would have had with the features `accepted`.
     pub fn dma_report(&self, accepted: u64) -> DmaReport {
-        self.path
-            .unwrap_or_else(|| self.paths.choose(accepted & common::ACCESS_PLATFORM != 0))
-            .report()
+        match self.path {
+            Some(p) => p.report(),
+            None => self
+                .paths
+                .would_choose(accepted & common::ACCESS_PLATFORM != 0),
+        }
+    }
+
+    /// The IOMMU domain and the counts at the choice, to report the device's share after its
+    /// teardown.
+    fn iommu_probe(&self) -> Option<(&'d IommuDma<'d>, IommuStats)> {
+        self.path.and_then(|p| p.iommu).zip(self.iommu_start)
     }
 
     /// A shared region of `size` bytes; returns its index in `regions`.
@@ -508,9 +637,11 @@ impl<'d> Resources<'d> {
         fail: InitFailure,
         specific: S,
     ) -> DriverRun<S> {
-        let dma = self.dma_report(fail.accepted);
+        let mut dma = self.dma_report(fail.accepted);
         let outcome = fail.outcome();
+        let probe = self.iommu_probe();
         let teardown = self.release(t, settings, clock);
+        dma.iommu = probe.map(iommu_report);
         DriverRun {
             offered: fail.offered,
             accepted: fail.accepted,
@@ -536,8 +667,10 @@ impl<'d> Resources<'d> {
         outcome: Outcome,
         specific: S,
     ) -> DriverRun<S> {
-        let dma = self.dma_report(negotiation.accepted);
+        let mut dma = self.dma_report(negotiation.accepted);
+        let probe = self.iommu_probe();
         let teardown = self.release(t, settings, clock);
+        dma.iommu = probe.map(iommu_report);
         DriverRun {
             offered: negotiation.offered,
             accepted: negotiation.accepted,
@@ -601,6 +734,14 @@ impl<'d> Resources<'d> {
             ));
         }
         Ok(())
+    }
+}
+
+/// What a device did in its IOMMU domain, from the counts at its choice (`start`) to now.
+fn iommu_report((d, start): (&IommuDma<'_>, IommuStats)) -> IommuReport {
+    IommuReport {
+        info: d.info(),
+        stats: d.iommu_stats().since(&start),
     }
 }
 
@@ -699,12 +840,17 @@ pub fn init_device<'d, T: Transport + ?Sized, R>(
         seen = Some(*n);
         let path = res.paths.choose(n.has(common::ACCESS_PLATFORM));
         res.path = Some(path);
+        if let Some(d) = path.iommu {
+            d.begin_epoch();
+            res.iommu_start = Some(d.iommu_stats());
+        }
         if path.dma.is_none() {
             return Err(InitError::Driver { what: path.reason });
         }
         setup(t, n, res)
     });
-    let refused = res.path.is_some_and(|p| p.dma.is_none());
+    let refused = res.path.is_some_and(|p| p.kind == DeviceDma::Refuse);
+    let invalid = res.path.filter(|p| p.kind == DeviceDma::Invalid);
     r.map_err(|e| {
         let (offered, accepted) = match (seen, e) {
             (Some(n), _) => (n.offered, n.accepted),
@@ -725,7 +871,7 @@ pub fn init_device<'d, T: Transport + ?Sized, R>(
         InitFailure {
             offered,
             accepted,
-            message: format!("init: {e}"),
+            message: invalid.map_or_else(|| format!("init: {e}"), |p| p.failure()),
             refused,
         }
     })

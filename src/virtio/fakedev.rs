@@ -50,6 +50,17 @@ fn ptr<T>(addr: u64) -> *mut T {
     core::ptr::with_exposed_provenance_mut(cpu.unwrap_or(addr as usize))
 }
 
+/// For tests of IOMMU paths: from now on the device reaches `len` bytes at CPU address `cpu`
+/// at device address `dev` (what a fake IOMMU mapped).
+pub(crate) fn open_window(dev: u64, cpu: usize, len: usize) {
+    WINDOWS.with_borrow_mut(|w| w.push((dev, cpu, len)));
+}
+
+/// Ends what [`open_window`] opened at `dev`.
+pub(crate) fn close_window(dev: u64) {
+    WINDOWS.with_borrow_mut(|w| w.retain(|&(d, _, _)| d != dev));
+}
+
 /// A translating [`Dma`] for tests: memory comes from the heap (through [`Direct`]), but the
 /// device sees it at low addresses unrelated to the CPU's (as behind an IOMMU). Legacy queues
 /// need addresses below 2^44, which a host heap does not have, and a driver that computed a

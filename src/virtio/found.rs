@@ -18,6 +18,9 @@ pub struct FoundDevice {
     /// first is named too: `pci@800000020000001/00:01.0`).
     pub location: String,
     pub transport: Box<dyn Transport + Send>,
+    /// The IOMMU domain (an index in the run's domains, `arch::iommu_domains`) that translates
+    /// the device's DMA once it negotiates `ACCESS_PLATFORM`; `None`: no IOMMU in its way.
+    pub iommu: Option<usize>,
 }
 
 impl core::fmt::Debug for FoundDevice {

@@ -76,6 +76,7 @@ pub mod driver;
 pub mod features;
 pub mod found;
 pub mod init;
+pub mod iommu;
 pub mod mmio;
 pub mod net;
 pub mod packed;

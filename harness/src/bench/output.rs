@@ -191,6 +191,7 @@ pub fn markdown(r: &BenchReport) -> String {
             "copied/MiB",
             "zeroed/MiB",
             "hypercalls/MiB",
+            "IOMMU cmds/MiB",
             "notifies/MiB",
             "pool waits/MiB",
             "pool high-water",
@@ -202,7 +203,7 @@ pub fn markdown(r: &BenchReport) -> String {
     for c in &shown {
         let _ = write!(out, "| {} | {} |", c.platform, c.path);
         if !c.is_measured() {
-            let _ = writeln!(out, " n/a{} |{}", note_mark(&notes, c), " – |".repeat(10));
+            let _ = writeln!(out, " n/a{} |{}", note_mark(&notes, c), " – |".repeat(11));
             continue;
         }
         let get = |k: &str| c.metric(k).map_or("–".to_string(), median);
@@ -239,6 +240,7 @@ pub fn markdown(r: &BenchReport) -> String {
             bytes(&format!("copied_per_mib_{h}")),
             bytes(&format!("zeroed_per_mib_{h}")),
             get(&format!("hypercalls_per_mib_{h}")),
+            get(&format!("iommu_commands_per_mib_{h}")),
             get(&format!("notifies_per_mib_{h}")),
             get(&format!("pool_waits_per_mib_{h}")),
             most("pool_high_water"),

@@ -134,6 +134,17 @@ fn stamps_us(s: &[(usize, u64, u64)]) -> BTreeMap<usize, Stamp> {
         .collect()
 }
 
+/// `rec` (a blk record) with an `iommu` object.
+fn with_iommu(rec: &str, backend: &str, mode: &str, calls: u64) -> String {
+    rec.replacen(
+        r#""requests":"#,
+        &format!(
+            r#""iommu":{{"backend":"{backend}","mode":"{mode}","mode_reason":"sg.tce=x","calls":{calls}}},"requests":"#
+        ),
+        1,
+    )
+}
+
 fn records(lines: &[&str]) -> Vec<Record> {
     let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
     let r = Report::parse(text.as_bytes());
@@ -185,18 +196,21 @@ fn a_run_gives_its_figures() {
     let s = parse_sample(&recs, Duration::ZERO, &short).unwrap();
     assert_eq!((s.clock_ratio, s.clock_ok), (None, None));
 
-    // Counters of the IOMMU paths are summed from any record that has them.
-    let tce = r#"@sg {"event":"tce_stats","v":1,"t_us":300001,"hcalls":40,"iommu_commands":5}"#;
+    // The disk's share of its IOMMU domain: TCE calls are hypercalls, the others commands.
+    let tce = with_iommu(&b, "tce", "dynamic", 40);
+    let s = parse_sample(&records(&[BOOT, HEAP, &tce, END]), Duration::ZERO, &stamps).unwrap();
+    assert_eq!(
+        (s.hypercalls, s.iommu_commands, s.bounced),
+        (Some(40), None, None)
+    );
+    let viommu = with_iommu(&b, "virtio-iommu", "dynamic", 12);
     let s = parse_sample(
-        &records(&[BOOT, HEAP, &b, tce, END]),
+        &records(&[BOOT, HEAP, &viommu, END]),
         Duration::ZERO,
         &stamps,
     )
     .unwrap();
-    assert_eq!(
-        (s.hypercalls, s.iommu_commands, s.bounced),
-        (Some(40), Some(5), None)
-    );
+    assert_eq!((s.hypercalls, s.iommu_commands), (None, Some(12)));
 
     // Not exactly one disk.
     let e = parse_sample(&records(&[BOOT, END]), Duration::ZERO, &stamps).unwrap_err();
@@ -225,6 +239,7 @@ fn fake_run(lines: &[&str], verdict: Outcome) -> RunResult {
         wall_time: Duration::from_millis(100),
         stderr: String::new(),
         held: None,
+        trace: None,
     }
 }
 
@@ -280,11 +295,22 @@ fn the_probe_says_why_a_path_is_not_available() {
         probe_verdict(&wedged, DmaPath::Direct),
         Err("wedged: no `end` record within 30 s".into())
     );
-    // ddw takes any IOMMU path name the guest gives it.
-    let ddw = blk("iommu", 65536, 100, 0, 0);
+    // `iommu` and `ddw` are both the iommu path; the domain's mode tells them apart.
+    let ddw = with_iommu(&blk("iommu", 65536, 100, 0, 0), "tce", "ddw", 0);
     assert_eq!(
         probe_verdict(&fake_run(&[BOOT, &ddw, END], Outcome::Pass), DmaPath::Ddw),
         Ok(())
+    );
+    let e = probe_verdict(&fake_run(&[BOOT, &ddw, END], Outcome::Pass), DmaPath::Iommu);
+    assert_eq!(
+        e,
+        Err("the guest's IOMMU domain is ddw (sg.tce=x), not dynamic".into())
+    );
+    let bare = blk("iommu", 65536, 100, 0, 0);
+    let e = probe_verdict(&fake_run(&[BOOT, &bare, END], Outcome::Pass), DmaPath::Ddw);
+    assert!(
+        e.unwrap_err()
+            .contains("is missing (no reason given), not ddw")
     );
 }
 
@@ -547,7 +573,7 @@ fn markdown_csv_and_svg() {
         "{md}"
     );
     assert!(
-        md.contains("| q35 | direct | 110 | 100 | 1.10× | 0 | 0 | – | 0.25 |"),
+        md.contains("| q35 | direct | 110 | 100 | 1.10× | 0 | 0 | – | – | 0.25 |"),
         "{md}"
     );
     assert!(md.contains("`secure-guest-x86_64` 232.6 KiB"), "{md}");

@@ -52,6 +52,7 @@ pub(crate) fn expected(transport: Transport, ring: Ring) -> Expected {
         rng: true,
         iommu_platform: false,
         secure: None,
+        iommu: None,
     }
 }
 

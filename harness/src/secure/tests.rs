@@ -74,6 +74,39 @@ fn correct_secure_guests_pass() {
         emulate(Transport::PciLegacy, false, Some(LegacyDevices::Refuse)).dma_expect(),
         DmaExpect::Refused
     );
+    // Behind an IOMMU (pseries TCE): iommu+bounce when secure, iommu otherwise; a device that
+    // cannot offer ACCESS_PLATFORM bypasses it.
+    let behind = |mut e: Expected| {
+        e.iommu = Some(crate::oracle::IommuExpect {
+            tce: Some("ddw"),
+            no_batch: true,
+        });
+        e
+    };
+    let e = behind(default_e());
+    assert_eq!(e.dma_expect(), DmaExpect::IommuBounce);
+    assert_eq!(e.dma_expect().dma(), "iommu+bounce");
+    assert!(
+        e.cmdline().ends_with("sg.tce=ddw sg.tce.batch=0"),
+        "{}",
+        e.cmdline()
+    );
+    let mut plain = behind(default_e());
+    plain.secure = None;
+    assert_eq!(plain.dma_expect(), DmaExpect::Iommu);
+    assert_eq!(
+        plain.dma_expect().reason(),
+        "ACCESS_PLATFORM negotiated behind an IOMMU"
+    );
+    let legacy = behind(emulate(
+        Transport::PciLegacy,
+        false,
+        Some(LegacyDevices::Bounce),
+    ));
+    assert_eq!(
+        legacy.dma_expect(),
+        DmaExpect::Bounce(DmaExpect::LEGACY_BOUNCE)
+    );
 }
 
 #[test]

@@ -1,4 +1,5 @@
-//! PAPR hypervisor calls (`sc 1`): the console, little-endian interrupts and RTAS.
+//! PAPR hypervisor calls (`sc 1`): the console, little-endian interrupts, RTAS and the TCE
+//! calls of the PHB IOMMU.
 
 use core::arch::asm;
 
@@ -78,4 +79,42 @@ pub unsafe fn rtas(args: *mut u32) -> i64 {
     // SAFETY: H_RTAS reads the block and writes only its return cells; the caller vouches
     // for the block.
     unsafe { hcall(H_RTAS, args as u64, 0, 0, 0) }
+}
+
+/// `H_PUT_TCE`: one TCE of window `liobn`.
+pub fn put_tce(liobn: u64, ioba: u64, tce: u64) -> i64 {
+    // SAFETY: H_PUT_TCE only reads its register arguments (guest memory is reached only later,
+    // by devices, through the TCE it writes: the caller's business, see `dma::iommu`).
+    unsafe { hcall(secure_guest::dma::tce::H_PUT_TCE, liobn, ioba, tce, 0) }
+}
+
+/// `H_PUT_TCE_INDIRECT`: `count` TCEs listed at real address `list`.
+///
+/// # Safety
+/// `list` is a 4 KiB-aligned page of at least `count` big-endian TCEs (the hypervisor reads it).
+pub unsafe fn put_tce_indirect(liobn: u64, ioba: u64, list: u64, count: u64) -> i64 {
+    // SAFETY: the hypervisor reads the list page the caller vouches for, and writes nothing.
+    unsafe {
+        hcall(
+            secure_guest::dma::tce::H_PUT_TCE_INDIRECT,
+            liobn,
+            ioba,
+            list,
+            count,
+        )
+    }
+}
+
+/// `H_STUFF_TCE`: `value` into `count` TCEs from `ioba`.
+pub fn stuff_tce(liobn: u64, ioba: u64, value: u64, count: u64) -> i64 {
+    // SAFETY: H_STUFF_TCE only reads its register arguments.
+    unsafe {
+        hcall(
+            secure_guest::dma::tce::H_STUFF_TCE,
+            liobn,
+            ioba,
+            value,
+            count,
+        )
+    }
 }

@@ -18,6 +18,7 @@
 
 mod flatten;
 mod hcall;
+mod iommu;
 mod of;
 mod pci;
 mod secure;
@@ -42,10 +43,14 @@ use crate::console::FixedBuf;
 use flatten::{Found, Walker};
 use of::Of;
 
+pub use iommu::iommu_domains;
 pub use virtio::virtio_devices;
 /// For a device flow that forces legacy virtio-pci (`ProbeOptions`); unused until one does.
 #[allow(unused_imports)]
 pub use virtio::virtio_devices_with;
+
+/// The TCE domains need nothing at the end of the run: the hypervisor owns the tables.
+pub fn iommu_finish() {}
 
 global_asm!(
     concat!(
@@ -111,20 +116,56 @@ const SLOF_CEILING: u64 = 0x8000_0000;
 static CONSOLE_UP: AtomicBool = AtomicBool::new(false);
 static TERMNO: AtomicU32 = AtomicU32::new(0);
 
-/// Writes to the hypervisor terminal; drops the bytes while none is known.
+/// Bytes written but not yet sent: one H_PUT_TERM_CHAR carries up to 16, and a record arrives in
+/// many small pieces (a key, a quote, a number). Sending each piece on its own cost one hcall, a
+/// QEMU exit and a host write per piece, several milliseconds of boot time per run under TCG.
+struct PendingTerm {
+    bytes: [u8; 16],
+    len: usize,
+}
+static PENDING_TERM: BootCell<PendingTerm> = BootCell::new(PendingTerm {
+    bytes: [0; 16],
+    len: 0,
+});
+
+/// Writes to the hypervisor terminal; drops the bytes while none is known. Bytes are sent in
+/// full 16-byte hcalls, and at every newline, so a report line is on the host when its `\n`
+/// has been written (and [`console_flush`] sends the rest before power-off).
 pub fn console_write(bytes: &[u8]) {
+    if !CONSOLE_UP.load(Ordering::Relaxed) {
+        return;
+    }
+    // SAFETY: only the boot CPU writes the console, and an interrupt handler that writes while
+    // a write was interrupted never returns into it (BootCell); at worst it sends stale bytes.
+    let pending = unsafe { &mut *PENDING_TERM.get() };
+    for &b in bytes {
+        pending.bytes[pending.len] = b;
+        pending.len += 1;
+        if pending.len == pending.bytes.len() || b == b'\n' {
+            send_pending(pending);
+        }
+    }
+}
+
+/// Sends what [`console_write`] still holds.
+pub fn console_flush() {
     if CONSOLE_UP.load(Ordering::Relaxed) {
-        let termno = TERMNO.load(Ordering::Relaxed);
-        'chunks: for chunk in bytes.chunks(16) {
-            let mut tries = 0;
-            loop {
-                match hcall::put_term_chars(termno, chunk) {
-                    hcall::H_SUCCESS => break,
-                    hcall::H_BUSY if tries < 10_000 => tries += 1,
-                    // A terminal that refuses bytes: give up on this write, never hang.
-                    _ => break 'chunks,
-                }
-            }
+        // SAFETY: as in console_write.
+        send_pending(unsafe { &mut *PENDING_TERM.get() });
+    }
+}
+
+fn send_pending(pending: &mut PendingTerm) {
+    let len = core::mem::replace(&mut pending.len, 0);
+    if len == 0 {
+        return;
+    }
+    let termno = TERMNO.load(Ordering::Relaxed);
+    for _ in 0..10_000 {
+        match hcall::put_term_chars(termno, &pending.bytes[..len]) {
+            // A terminal that refuses bytes (anything but busy): give up on them, never hang.
+            hcall::H_BUSY => continue,
+            _ => return,
         }
     }
 }
@@ -190,6 +231,7 @@ static RTAS_ARGS: BootCell<[u32; 8]> = BootCell::new([0; 8]);
 /// RTAS power-off through H_RTAS: QEMU then exits with status 0. The verdict travels in the
 /// `end` record only.
 pub fn power_off(_verdict: Verdict) -> ! {
+    console_flush();
     let token = RTAS_POWER_OFF.load(Ordering::Relaxed);
     if token != u32::MAX {
         let args = RTAS_ARGS.get();

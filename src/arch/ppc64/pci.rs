@@ -29,40 +29,50 @@ use secure_guest::virtio::regs::MmioWindow;
 
 use super::{BootCell, hcall};
 
-/// RTAS argument block for config accesses: token, nargs, nret, up to 5 args, up to 2 rets.
-static ARGS: BootCell<[u32; 10]> = BootCell::new([0; 10]);
+/// RTAS argument block: token, nargs, nret, up to 13 args and rets (DDW create: 5 + 4).
+static ARGS: BootCell<[u32; 16]> = BootCell::new([0; 16]);
 
 /// RTAS status "success".
 const RTAS_SUCCESS: u32 = 0;
+/// RTAS status "parameter error", for a call that does not fit the block.
+const RTAS_PARAMETER_ERROR: i32 = -3;
 
-/// Runs RTAS call `token` with `inputs` and returns its return cells (status first).
-fn rtas_call<const N: usize>(token: u32, inputs: &[u32]) -> [u32; N] {
-    let mut out = [u32::MAX; N];
-    let n = inputs.len();
-    if 3 + n + N > 10 {
-        return out;
+/// Runs RTAS call `token` with `inputs`, fills `outputs` with its return cells (status first)
+/// and returns the status.
+pub fn rtas_call_into(token: u32, inputs: &[u32], outputs: &mut [u32]) -> i32 {
+    outputs.fill(u32::MAX);
+    let (n, m) = (inputs.len(), outputs.len());
+    if 3 + n + m > 16 || m == 0 {
+        return RTAS_PARAMETER_ERROR;
     }
     let block = ARGS.get();
     // SAFETY: BootCell: only the boot CPU runs, interrupts are off and nothing else uses this
     // block, so the accesses cannot overlap. The block is in the image (below 4 GiB, real
-    // address == effective address); H_RTAS reads the first 3 + n cells and writes the N after
+    // address == effective address); H_RTAS reads the first 3 + n cells and writes the m after
     // them, all inside the array (checked above).
     unsafe {
         let cells = block.cast::<u32>();
         cells.write_volatile(token.to_be());
         cells.add(1).write_volatile((n as u32).to_be());
-        cells.add(2).write_volatile((N as u32).to_be());
+        cells.add(2).write_volatile((m as u32).to_be());
         for (i, v) in inputs.iter().enumerate() {
             cells.add(3 + i).write_volatile(v.to_be());
         }
-        for i in 0..N {
+        for i in 0..m {
             cells.add(3 + n + i).write_volatile(u32::MAX);
         }
         hcall::rtas(cells);
-        for (i, o) in out.iter_mut().enumerate() {
+        for (i, o) in outputs.iter_mut().enumerate() {
             *o = u32::from_be(cells.add(3 + n + i).read_volatile());
         }
     }
+    outputs[0] as i32
+}
+
+/// Runs RTAS call `token` with `inputs` and returns its return cells (status first).
+fn rtas_call<const N: usize>(token: u32, inputs: &[u32]) -> [u32; N] {
+    let mut out = [u32::MAX; N];
+    rtas_call_into(token, inputs, &mut out);
     out
 }
 
@@ -177,6 +187,23 @@ pub struct Phb {
     pub root_bus: u8,
 }
 
+/// The BUID of a PHB: its `reg` address, in the root's `#address-cells` (default 2).
+pub fn phb_buid(blob: &[u8], host: &PciHostNode) -> Result<u64, String> {
+    let root_ac = fdt::property_u32(blob, "/", "#address-cells").unwrap_or(2);
+    let reg = fdt::property(blob, &host.path, "reg").ok_or("PHB has no reg (BUID)")?;
+    match (root_ac, reg.len()) {
+        (1, 4..) => Ok(u64::from(be_cells(reg).next().unwrap_or(0))),
+        (2, 8..) => {
+            let mut c = be_cells(reg);
+            Ok(u64::from(c.next().unwrap_or(0)) << 32 | u64::from(c.next().unwrap_or(0)))
+        }
+        _ => Err(format!(
+            "PHB reg of {} bytes with #address-cells {root_ac}",
+            reg.len()
+        )),
+    }
+}
+
 /// Big-endian cells.
 fn be_cells(v: &[u8]) -> impl Iterator<Item = u32> + '_ {
     v.chunks_exact(4)
@@ -194,20 +221,7 @@ impl Phb {
         // IEEE 1275: #address-cells defaults to 2, #size-cells to 1.
         let root_ac = fdt::property_u32(blob, "/", "#address-cells").unwrap_or(2);
         let size_cells = fdt::property_u32(blob, &host.path, "#size-cells").unwrap_or(1);
-        let reg = fdt::property(blob, &host.path, "reg").ok_or("PHB has no reg (BUID)")?;
-        let buid = match (root_ac, reg.len()) {
-            (1, 4..) => u64::from(be_cells(reg).next().unwrap_or(0)),
-            (2, 8..) => {
-                let mut c = be_cells(reg);
-                u64::from(c.next().unwrap_or(0)) << 32 | u64::from(c.next().unwrap_or(0))
-            }
-            _ => {
-                return Err(format!(
-                    "PHB reg of {} bytes with #address-cells {root_ac}",
-                    reg.len()
-                ));
-            }
-        };
+        let buid = phb_buid(blob, host)?;
         let ranges = fdt::property(blob, &host.path, "ranges").ok_or("PHB has no ranges")?;
         let windows = assign::parse_ranges(ranges, root_ac, size_cells).map_err(String::from)?;
         let mut reserved = Vec::new();

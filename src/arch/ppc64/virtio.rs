@@ -17,7 +17,7 @@ use super::FDT_BUF;
 use super::pci::{Phb, PhbBars};
 
 /// The flattened tree the boot made (the blob `tree` was parsed from), when it validates.
-fn fdt_blob() -> Option<&'static [u8]> {
+pub fn fdt_blob() -> Option<&'static [u8]> {
     // SAFETY: FDT_BUF was written once during the firmware phase, before boot_main; from then
     // on it is only read (shared references, like BootInfo::fdt).
     let buf: &'static [u8] = unsafe { &(*FDT_BUF.get()).0 };
@@ -64,6 +64,7 @@ pub fn virtio_devices_with(
             Ok(Some(t)) => found.push(FoundDevice {
                 location: node.path.clone(),
                 transport: Box::new(t),
+                iommu: None,
             }),
             Ok(None) => {}
             Err(e) => skipped.push((node.path.clone(), format!("{e}"))),
@@ -124,6 +125,7 @@ pub fn virtio_devices_with(
                 Ok(t) => found.push(FoundDevice {
                     location: loc,
                     transport: t.into_transport(),
+                    iommu: super::iommu::domain_index(tree, index),
                 }),
                 Err(e) => {
                     let mut why = format!("{e}");

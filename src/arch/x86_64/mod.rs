@@ -4,6 +4,7 @@ mod entry;
 mod exceptions;
 mod fwcfg;
 mod io;
+mod iommu;
 mod paging;
 mod pci;
 mod port;
@@ -25,6 +26,7 @@ use secure_guest::platform::{Platform, sev, tdx};
 use secure_guest::report::Verdict;
 
 pub use exceptions::trigger_fault;
+pub use iommu::{iommu_domains, iommu_finish};
 pub use virtio::virtio_devices;
 /// For a device flow that forces legacy virtio-pci (`ProbeOptions`); unused until one does.
 #[allow(unused_imports)]
@@ -49,6 +51,12 @@ unsafe impl<T> Sync for BootCell<T> {}
 /// microvm's device tree, copied out of fw_cfg.
 static FDT_BUF: BootCell<[u8; 64 * 1024]> = BootCell(UnsafeCell::new([0; 64 * 1024]));
 static POWER_OFF: spin::Once<Option<PowerOff>> = spin::Once::new();
+/// The RSDP's address (from the PVH start info or the BIOS area); 0: none.
+static RSDP: AtomicU64 = AtomicU64::new(0);
+/// The e820 ranges the firmware described (every kind): where ACPI tables may be read.
+static E820: BootCell<([(u64, u64); 64], usize)> = BootCell(UnsafeCell::new(([(0, 0); 64], 0)));
+/// TSC ticks per second, when calibrated.
+static TSC_HZ: AtomicU64 = AtomicU64::new(0);
 static MACHINE: spin::Once<&'static str> = spin::Once::new();
 
 pub fn console_write(bytes: &[u8]) {
@@ -234,18 +242,37 @@ fn acpi_read(map: &[(u64, u64)], phys: u64, buf: &mut [u8]) -> bool {
     true
 }
 
-fn find_power_off(rsdp_hint: u64, e820: &[(u64, u64)]) -> Option<PowerOff> {
-    let rsdp = if rsdp_hint != 0 {
-        rsdp_hint
-    } else {
-        let mut area = [0u8; 0x2_0000];
-        if !acpi_read(e820, 0xe0000, &mut area) {
-            return None;
-        }
-        0xe0000 + acpi::find_rsdp(&area)? as u64
-    };
+fn find_rsdp(rsdp_hint: u64, e820: &[(u64, u64)]) -> Option<u64> {
+    if rsdp_hint != 0 {
+        return Some(rsdp_hint);
+    }
+    let mut area = [0u8; 0x2_0000];
+    if !acpi_read(e820, 0xe0000, &mut area) {
+        return None;
+    }
+    Some(0xe0000 + acpi::find_rsdp(&area)? as u64)
+}
+
+fn find_power_off(rsdp: Option<u64>, e820: &[(u64, u64)]) -> Option<PowerOff> {
     let mut scratch = [0u8; 16 * 1024];
-    acpi::power_off_method(rsdp, |a, b| acpi_read(e820, a, b), &mut scratch).ok()
+    acpi::power_off_method(rsdp?, |a, b| acpi_read(e820, a, b), &mut scratch).ok()
+}
+
+/// The RSDP, for later ACPI lookups (the IOMMU tables).
+pub fn rsdp() -> Option<u64> {
+    Some(RSDP.load(Ordering::Relaxed)).filter(|&a| a != 0)
+}
+
+/// [`acpi_read`] over the e820 ranges the boot recorded.
+pub fn acpi_read_boot(phys: u64, buf: &mut [u8]) -> bool {
+    // SAFETY: written once by the entry code before `boot_main`, only read afterwards.
+    let (map, n) = unsafe { &*E820.0.get() };
+    acpi_read(&map[..*n], phys, buf)
+}
+
+/// The TSC rate the boot calibrated, if it did.
+pub fn tick_hz() -> Option<u64> {
+    Some(TSC_HZ.load(Ordering::Relaxed)).filter(|&hz| hz != 0)
 }
 
 /// microvm's device tree from fw_cfg `etc/fdt`, copied into `FDT_BUF`.
@@ -378,8 +405,13 @@ extern "C" fn x86_64_rust_entry(start_info: u64, entry_tsc: u64) -> ! {
         }
     };
     MACHINE.call_once(|| machine);
-    POWER_OFF.call_once(|| find_power_off(rsdp_paddr, &e820[..e820_len]));
+    let rsdp = find_rsdp(rsdp_paddr, &e820[..e820_len]);
+    RSDP.store(rsdp.unwrap_or(0), Ordering::Relaxed);
+    // SAFETY: single-threaded boot, before anything reads it (see `acpi_read_boot`).
+    unsafe { *E820.0.get() = (e820, e820_len) };
+    POWER_OFF.call_once(|| find_power_off(rsdp, &e820[..e820_len]));
     let (tick_hz, tick_source) = tsc_hz();
+    TSC_HZ.store(tick_hz.unwrap_or(0), Ordering::Relaxed);
 
     crate::boot_main(BootInfo {
         arch: "x86_64",

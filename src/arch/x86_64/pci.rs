@@ -81,6 +81,8 @@ pub fn enumerate(tree: &mut DeviceTree, chipset: &str) {
         compatible: Some(String::from(chipset)),
         bus_range: None,
         has_dma_window: false,
+        tce_window: None,
+        ddw: None,
     });
     let mut seen = [false; 256];
     scan_bus(tree, 0, &mut seen);

@@ -80,7 +80,7 @@ fn mmio_window(base: u64, len: u64) -> Result<MmioWindow, String> {
 }
 
 /// BARs as the firmware (SeaBIOS) left them: bus address == physical address.
-struct X86Bars;
+pub(super) struct X86Bars;
 
 impl BarMapper for X86Bars {
     type Regs = BarRegs;
@@ -126,17 +126,23 @@ pub fn virtio_devices_with(
             Ok(Some(t)) => found.push(FoundDevice {
                 location: node.path.clone(),
                 transport: Box::new(t),
+                iommu: None,
             }),
             Ok(None) => {}
             Err(why) => skipped.push((node.path.clone(), why)),
         }
     }
     for f in tree.pci_functions.iter().filter(|f| f.is_virtio()) {
+        // The virtio-iommu is driven as the IOMMU (`iommu.rs`), not as a device.
+        if super::iommu::is_iommu_function(f.bus, f.device, f.function) {
+            continue;
+        }
         let at = PciAddress::new(f.bus, f.device, f.function);
         match pci::probe(&mut PortConfig, &mut X86Bars, at, options) {
             Ok(t) => found.push(FoundDevice {
                 location: format!("{at}"),
                 transport: t.into_transport(),
+                iommu: super::iommu::domain_index(f.bus, f.device, f.function),
             }),
             Err(e) => skipped.push((format!("{at}"), format!("{e}"))),
         }

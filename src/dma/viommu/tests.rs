@@ -1,0 +1,320 @@
+//! virtio-iommu domains through the core's `IommuDma`, against the QEMU-like fake device of
+//! `virtio::iommu::tests`.
+
+use alloc::vec;
+use core::ptr::NonNull;
+
+use super::*;
+use crate::dma::bounce::Bounce;
+use crate::dma::iommu::LazyDomain;
+use crate::dma::{Direct, Direction, Dma, DmaConstraints};
+use crate::platform::Emulated;
+use crate::virtio::fakedev::{Bus, FakeTransport, StepClock};
+use crate::virtio::iommu::tests::{MSI, QEMU_FEATURES, ViommuModel, bus, qemu_config, settings};
+use crate::virtio::{DeviceStatus, DeviceType, InterruptStatus, QueueAddresses, TransportError};
+
+/// The fake device is single-threaded (`Rc`), the backends must be `Send`: every test runs on
+/// one thread, so nothing is ever sent anywhere.
+struct AssertSend<T>(T);
+
+// SAFETY: see the type's documentation: the value never leaves the test's thread.
+unsafe impl<T> Send for AssertSend<T> {}
+
+impl Clock for AssertSend<StepClock> {
+    fn now_us(&self) -> u64 {
+        self.0.now_us()
+    }
+}
+
+impl Transport for AssertSend<FakeTransport> {
+    fn name(&self) -> &'static str {
+        self.0.name()
+    }
+    fn is_legacy(&self) -> bool {
+        self.0.is_legacy()
+    }
+    fn device_type(&mut self) -> DeviceType {
+        self.0.device_type()
+    }
+    fn device_features(&mut self) -> u64 {
+        self.0.device_features()
+    }
+    fn set_driver_features(&mut self, f: u64) {
+        self.0.set_driver_features(f)
+    }
+    fn status(&mut self) -> DeviceStatus {
+        self.0.status()
+    }
+    fn set_status(&mut self, s: DeviceStatus) {
+        self.0.set_status(s)
+    }
+    fn max_queue_size(&mut self, q: u16) -> u16 {
+        self.0.max_queue_size(q)
+    }
+    fn queue_in_use(&mut self, q: u16) -> bool {
+        self.0.queue_in_use(q)
+    }
+    fn set_queue_size(&mut self, q: u16, s: u16) -> Result<(), TransportError> {
+        self.0.set_queue_size(q, s)
+    }
+    fn set_queue_addresses(&mut self, q: u16, a: &QueueAddresses) -> Result<(), TransportError> {
+        self.0.set_queue_addresses(q, a)
+    }
+    fn enable_queue(&mut self, q: u16) {
+        self.0.enable_queue(q)
+    }
+    fn notify(&mut self, q: u16) {
+        self.0.notify(q)
+    }
+    fn config_generation(&mut self) -> u32 {
+        self.0.config_generation()
+    }
+    fn read_config_u8(&mut self, o: usize) -> Result<u8, TransportError> {
+        self.0.read_config_u8(o)
+    }
+    fn read_config_u16(&mut self, o: usize) -> Result<u16, TransportError> {
+        self.0.read_config_u16(o)
+    }
+    fn read_config_u32(&mut self, o: usize) -> Result<u32, TransportError> {
+        self.0.read_config_u32(o)
+    }
+    fn write_config_u8(&mut self, o: usize, v: u8) -> Result<(), TransportError> {
+        self.0.write_config_u8(o, v)
+    }
+    fn write_config_u16(&mut self, o: usize, v: u16) -> Result<(), TransportError> {
+        self.0.write_config_u16(o, v)
+    }
+    fn write_config_u32(&mut self, o: usize, v: u32) -> Result<(), TransportError> {
+        self.0.write_config_u32(o, v)
+    }
+    fn ack_interrupt(&mut self) -> InterruptStatus {
+        self.0.ack_interrupt()
+    }
+}
+
+type Shared =
+    &'static spin::Mutex<ViommuIommu<'static, AssertSend<FakeTransport>, AssertSend<StepClock>>>;
+
+fn start(b: &Bus, dma: &'static dyn Dma) -> Shared {
+    let d = Viommu::new(
+        Box::new(AssertSend(b.transport())),
+        AssertSend(b.clock()),
+        &settings(),
+        dma,
+    )
+    .map_err(|(_, e, _)| e)
+    .unwrap();
+    Box::leak(Box::new(spin::Mutex::new(ViommuIommu::new(d))))
+}
+
+fn direct() -> &'static Direct {
+    Box::leak(Box::new(Direct::new()))
+}
+
+fn translate(b: &Bus, ep: u32, iova: u64, write: bool) -> Result<u64, u8> {
+    b.model(|m: &mut ViommuModel| m.translate(ep, iova, write, false))
+}
+
+#[test]
+fn a_dynamic_domain_maps_each_buffer() {
+    let b = bus(
+        qemu_config(),
+        QEMU_FEATURES,
+        ViommuModel::new(&[0x10, 0x18]),
+    );
+    let direct = direct();
+    let io = start(&b, direct);
+    let lazy = LazyDomain::new(
+        "00:02.0".into(),
+        Box::new(ViommuSetup {
+            iommu: io,
+            endpoint: 0x10,
+            target: Target::Direct {
+                ram_top: 1 << 30,
+                direct,
+            },
+        }),
+    );
+    // Nothing before first use: the endpoint faults (no bypass).
+    assert_eq!(translate(&b, 0x10, 0x4000_0000, false), Err(1));
+    let dma = lazy.get().unwrap();
+    let info = dma.info();
+    assert_eq!(
+        (info.backend, info.mapping, info.id),
+        ("virtio-iommu", "per-map", 0)
+    );
+    assert_eq!(info.setup_calls, 2, "PROBE and ATTACH");
+    assert_eq!((info.window_base, info.window_size), (1 << 30, 256 << 20));
+    assert_eq!(info.page_size, 4096);
+    let mut buf = vec![0u8; 9000];
+    let p = buf.as_mut_ptr() as u64;
+    // SAFETY: unmapped below; the test touches the buffer only through the device.
+    let m = unsafe {
+        dma.map(
+            NonNull::from(&mut buf[..]),
+            Direction::ToDevice,
+            &DmaConstraints::NONE,
+        )
+    }
+    .unwrap();
+    let iova = m.device_addr().as_u64();
+    assert_eq!(translate(&b, 0x10, iova + 8999, false), Ok(p + 8999));
+    assert_eq!(translate(&b, 0x10, iova, true), Err(2), "read-only");
+    assert_eq!(translate(&b, 0x18, iova, false), Err(1), "not attached");
+    // The MAP carried the page-rounded run.
+    let (kind, bytes) = b.model(|m: &mut ViommuModel| m.seen.last().cloned().unwrap());
+    assert_eq!(kind, 3);
+    let low = u64::from_le_bytes(bytes[8..16].try_into().unwrap());
+    let high = u64::from_le_bytes(bytes[16..24].try_into().unwrap());
+    assert_eq!(low, iova & !0xfff);
+    assert_eq!(high + 1 - low, ((p & 0xfff) + 9000).div_ceil(4096) * 4096);
+    // SAFETY: the "device" is done.
+    unsafe { dma.unmap(m) }.unwrap();
+    assert_eq!(translate(&b, 0x10, iova, false), Err(2));
+    let s = dma.iommu_stats();
+    assert_eq!((s.maps, s.unmaps, s.calls, s.pages), (1, 1, 2, 0));
+    assert_eq!((s.kinds[0].name, s.kinds[0].calls), ("MAP", 1));
+    assert_eq!((s.kinds[1].name, s.kinds[1].calls), ("UNMAP", 1));
+    // Teardown: DETACH, reset, everything given back.
+    let mut g = io.lock();
+    g.teardown().unwrap();
+    let (counts, faults, last) = g.finished.clone().unwrap();
+    assert_eq!(
+        (
+            counts.probe,
+            counts.attach,
+            counts.map,
+            counts.unmap,
+            counts.detach
+        ),
+        (1, 1, 1, 1, 1)
+    );
+    assert_eq!(counts.faults as usize, faults.len());
+    assert!(counts.faults >= 3, "the faulting DMAs above were reported");
+    assert_eq!(last, None, "every request succeeded");
+    assert_eq!(b.core(|c| c.status), 0);
+    let ds = direct.stats();
+    assert_eq!(
+        ds.shared_allocs, ds.shared_frees,
+        "queues and buffers given back"
+    );
+    drop(g);
+    // After the teardown every request is refused, never sent.
+    let mut buf2 = [0u8; 8];
+    // SAFETY: nothing is mapped.
+    let e = unsafe {
+        dma.map(
+            NonNull::from(&mut buf2[..]),
+            Direction::ToDevice,
+            &DmaConstraints::NONE,
+        )
+    };
+    assert!(e.is_err());
+}
+
+#[test]
+fn reserved_regions_stay_out_of_the_aperture() {
+    let mut m = ViommuModel::new(&[0x10]);
+    m.reserved.push((0, 1 << 30, (1 << 30) + (3 << 20) - 1));
+    let b = bus(qemu_config(), QEMU_FEATURES, m);
+    let direct = direct();
+    let io = start(&b, direct);
+    let dma = Box::new(ViommuSetup {
+        iommu: io,
+        endpoint: 0x10,
+        target: Target::Direct {
+            ram_top: 1 << 30,
+            direct,
+        },
+    })
+    .setup()
+    .unwrap();
+    assert_eq!(dma.info().window_base, (1 << 30) + (3 << 20));
+    let a = &io.lock().attached[0];
+    assert_eq!(a.reserved.len(), 2);
+    assert_eq!((a.reserved[0].start, a.reserved[0].end), MSI);
+}
+
+#[test]
+fn setup_errors_reach_the_device() {
+    let b = bus(qemu_config(), QEMU_FEATURES, ViommuModel::new(&[0x10]));
+    let direct = direct();
+    let io = start(&b, direct);
+    let lazy = LazyDomain::new(
+        "00:07.0".into(),
+        Box::new(ViommuSetup {
+            iommu: io,
+            endpoint: 0x38,
+            target: Target::Direct {
+                ram_top: 1 << 30,
+                direct,
+            },
+        }),
+    );
+    // The PROBE of an endpoint the device does not know: NOENT.
+    assert_eq!(lazy.get().err(), Some(DmaError::Platform { code: 6 }));
+    assert!(io.lock().attached.is_empty());
+}
+
+#[test]
+fn the_pool_behind_virtio_iommu() {
+    let layout = std::alloc::Layout::from_size_align(1 << 20, 1 << 16).unwrap();
+    // SAFETY: non-zero size; leaked with the bounce path.
+    let ram = unsafe { std::alloc::alloc_zeroed(layout) };
+    let phys = ram as u64;
+    let platform: &'static Emulated = Box::leak(Box::new(Emulated::new(1 << 16)));
+    // SAFETY: the memory is ours for the test, identity "mapped".
+    let bounce: &'static Bounce<'static> = Box::leak(Box::new(
+        unsafe { Bounce::new(platform, phys, 1 << 20, Default::default()) }.unwrap(),
+    ));
+    let b = bus(qemu_config(), QEMU_FEATURES, ViommuModel::new(&[0x10]));
+    // The IOMMU's own queues in the pool too: the host reads them.
+    let io = start(&b, bounce);
+    let dma = Box::new(ViommuSetup {
+        iommu: io,
+        endpoint: 0x10,
+        target: Target::Pool {
+            bounce,
+            phys,
+            size: 1 << 20,
+        },
+    })
+    .setup()
+    .unwrap();
+    assert_eq!((dma.name(), dma.info().mapping), ("iommu+bounce", "pool"));
+    let base = dma.info().window_base;
+    assert_eq!(translate(&b, 0x10, base + 0x2345, true), Ok(phys + 0x2345));
+    let mut buf = vec![0u8; 3000];
+    // SAFETY: unmapped below; touched only through the device.
+    let m = unsafe {
+        dma.map(
+            NonNull::from(&mut buf[..]),
+            Direction::FromDevice,
+            &DmaConstraints::NONE,
+        )
+    }
+    .unwrap();
+    let target = translate(&b, 0x10, m.device_addr().as_u64(), true).unwrap();
+    for i in 0..3000u64 {
+        // SAFETY: inside the pool slots of this mapping.
+        unsafe { (target as *mut u8).add(i as usize).write_volatile(i as u8) };
+    }
+    // SAFETY: the "device" is done.
+    unsafe { dma.unmap(m) }.unwrap();
+    assert!(buf.iter().enumerate().all(|(i, &b)| b == i as u8));
+    let s = dma.iommu_stats();
+    assert_eq!(
+        (s.maps, s.unmaps, s.calls),
+        (1, 0, 1),
+        "one MAP at setup, nothing per request"
+    );
+    let mut g = io.lock();
+    g.teardown().unwrap();
+    let (counts, _, _) = g.finished.clone().unwrap();
+    assert_eq!((counts.map, counts.unmap, counts.detach), (1, 1, 1));
+    assert_eq!(
+        bounce.pool_stats().live_bytes,
+        0,
+        "queues and buffers back in the pool"
+    );
+}

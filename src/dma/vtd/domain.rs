@@ -1,0 +1,281 @@
+//! VT-d domains as IOMMU backends ([`IommuBackend`]): one domain (DID, second-level table,
+//! context entry) per PCI function, set up the first time the function needs it
+//! ([`VtdSetup`], a [`DomainSetup`]), and torn down with the unit at the end of the run
+//! ([`Vtd::teardown`]).
+//!
+//! The unit and every domain's table live in one [`Vtd`] behind a lock that all domains share:
+//! they issue their invalidations through the same registers, and the teardown needs the
+//! tables after the [`IommuDma`]s that use them are done.
+//!
+//! | path | the domain maps | per request |
+//! |---|---|---|
+//! | `iommu` | each buffer, at IOVAs of the domain's aperture | PTE writes on map; PTE writes and one IOTLB invalidation on unmap |
+//! | `iommu+bounce` | the shared pool, once, at setup | nothing: the bounce path serves the requests |
+//!
+//! Commands counted per domain (`calls_by_kind`): `IOTLB_PSI` (page-selective invalidations,
+//! entries = pages covered), `IOTLB_DSI` (domain-selective), `CONTEXT` (context-cache
+//! invalidations and write-buffer flushes the domain caused).
+
+use alloc::boxed::Box;
+use alloc::vec::Vec;
+
+use super::{CacheFlush, PTE_R, PTE_W, SlTable, VtdError, VtdUnit};
+use crate::dma::DmaError;
+use crate::dma::aperture::{self, X86_INTERRUPT_RANGE};
+use crate::dma::iommu::{
+    CallCount, DomainInfo, DomainSetup, IommuBackend, IommuDma, MAX_CALL_KINDS, Perm,
+};
+use crate::dma::tce::Target;
+use crate::virtio::regs::Registers;
+use crate::virtio::wait::Clock;
+
+/// The IOVA bytes a dynamic domain asks for: what the IOVA allocator manages at most.
+const WANT: u64 = crate::dma::iommu::IOVA_PAGES_MAX << 12;
+
+/// One domain's state, kept with the unit.
+pub struct VtdDomainState<'d> {
+    /// Requester ID (`bus << 8 | devfn`).
+    pub sid: u16,
+    pub did: u16,
+    pub table: SlTable<'d>,
+}
+
+/// A unit and its domains.
+pub struct Vtd<'d, R: Registers, C: Clock> {
+    pub unit: VtdUnit<'d, R, C>,
+    pub domains: Vec<VtdDomainState<'d>>,
+    /// Table pages given back by the teardown.
+    pub freed_pages: u64,
+}
+
+impl<'d, R: Registers, C: Clock> Vtd<'d, R, C> {
+    pub fn new(unit: VtdUnit<'d, R, C>) -> Self {
+        Vtd {
+            unit,
+            domains: Vec::new(),
+            freed_pages: 0,
+        }
+    }
+
+    /// At the end of the run, once every device is reset: every context entry removed and
+    /// invalidated, translation off, every table given back (zeroed, when it came from the
+    /// pool). The first error is returned; what could not be undone is left in place.
+    pub fn teardown(&mut self) -> Result<(), VtdError> {
+        let mut first = Ok(());
+        for d in &self.domains {
+            if let Err(e) = self.unit.detach(d.sid, d.did) {
+                first = first.and(Err(e));
+            }
+        }
+        if let Err(e) = self.unit.disable() {
+            // Translation still on: the unit may still walk the tables; keep them.
+            return first.and(Err(e));
+        }
+        for d in self.domains.drain(..) {
+            // SAFETY: translation is off and every context entry is gone: the unit walks
+            // nothing any more.
+            self.freed_pages += unsafe { d.table.free() };
+        }
+        // SAFETY: as above.
+        self.freed_pages += unsafe { self.unit.free_tables() };
+        first
+    }
+}
+
+/// The counts of one domain.
+#[derive(Clone, Copy, Default)]
+struct Kinds([CallCount; MAX_CALL_KINDS]);
+
+impl Kinds {
+    fn new() -> Self {
+        Kinds([
+            CallCount::named("IOTLB_PSI"),
+            CallCount::named("IOTLB_DSI"),
+            CallCount::named("CONTEXT"),
+        ])
+    }
+
+    /// Adds what the unit's counters moved by since `before`.
+    fn add<R: Registers, C: Clock>(&mut self, unit: &VtdUnit<'_, R, C>, before: super::VtdCounts) {
+        let now = unit.counts;
+        let psi = now.iotlb_page - before.iotlb_page;
+        if psi > 0 {
+            self.0[0].calls += psi;
+            self.0[0].entries += now.iotlb_page_pages - before.iotlb_page_pages;
+        }
+        let dsi = now.iotlb_domain + now.iotlb_global - before.iotlb_domain - before.iotlb_global;
+        self.0[1].calls += dsi;
+        let ctx = now.context_invalidations + now.write_buffer_flushes
+            - before.context_invalidations
+            - before.write_buffer_flushes;
+        self.0[2].calls += ctx;
+    }
+}
+
+/// A VT-d domain as [`IommuDma`] drives it.
+pub struct VtdDomain<R: Registers + 'static, C: Clock + 'static> {
+    vtd: &'static spin::Mutex<Vtd<'static, R, C>>,
+    /// Index in `Vtd::domains`.
+    slot: usize,
+    did: u16,
+    aperture: (u64, u64),
+    page_sizes: u64,
+    kinds: Kinds,
+}
+
+impl<R: Registers + Send + 'static, C: Clock + Send + 'static> IommuBackend for VtdDomain<R, C> {
+    fn page_shift(&self) -> u32 {
+        12
+    }
+
+    fn page_sizes(&self) -> u64 {
+        self.page_sizes
+    }
+
+    fn aperture(&self) -> (u64, u64) {
+        self.aperture
+    }
+
+    fn map(&mut self, iova: u64, phys: u64, pages: u64, perm: Perm) -> Result<(), DmaError> {
+        // The table checks the run against its reach; static mappings (the pool, RMRRs) may lie
+        // outside the aperture the IOVA allocator hands out.
+        let mut v = self.vtd.lock();
+        let bits = (if perm.bits() & 1 != 0 { PTE_R } else { 0 })
+            | (if perm.bits() & 2 != 0 { PTE_W } else { 0 });
+        v.domains[self.slot].table.map(iova, phys, pages, bits)?;
+        let before = v.unit.counts;
+        let r = v.unit.after_map(self.did, iova, pages);
+        self.kinds.add(&v.unit, before);
+        if let Err(e) = r {
+            // All or nothing: take the entries out again (the unit may have cached nothing
+            // of them: the invalidation that failed was the only way it could).
+            let _ = v.domains[self.slot].table.unmap(iova, pages);
+            return Err(e.into());
+        }
+        Ok(())
+    }
+
+    fn unmap(&mut self, iova: u64, pages: u64) -> Result<(), DmaError> {
+        let mut v = self.vtd.lock();
+        v.domains[self.slot].table.unmap(iova, pages)?;
+        let before = v.unit.counts;
+        let r = v.unit.flush_iotlb(self.did, iova, pages);
+        self.kinds.add(&v.unit, before);
+        r.map_err(Into::into)
+    }
+
+    fn calls(&self) -> [CallCount; MAX_CALL_KINDS] {
+        self.kinds.0
+    }
+}
+
+/// The [`DomainSetup`] of one PCI function behind a VT-d unit.
+pub struct VtdSetup<R: Registers + 'static, C: Clock + 'static> {
+    pub vtd: &'static spin::Mutex<Vtd<'static, R, C>>,
+    /// Requester ID (`bus << 8 | devfn`).
+    pub sid: u16,
+    pub target: Target<'static>,
+    /// RMRR ranges (base, inclusive limit) of this function: identity-mapped, never handed out.
+    pub rmrrs: Vec<(u64, u64)>,
+}
+
+impl<R: Registers + Send + 'static, C: Clock + Send + 'static> VtdSetup<R, C> {
+    fn go(self) -> Result<IommuDma<'static>, DmaError> {
+        let mut v = self.vtd.lock();
+        let did = v.unit.new_domain_id()?;
+        let (levels, flush): (u32, CacheFlush) = (v.unit.agaw.levels, v.unit.flush_fn());
+        let input = v.unit.agaw.input_range(&v.unit.caps);
+        let table = SlTable::new(v.unit.dma(), levels, flush)?;
+        let mut reserved = self.rmrrs.clone();
+        reserved.push(X86_INTERRUPT_RANGE);
+        let want = match self.target {
+            Target::Pool { size, .. } => size,
+            Target::Direct { .. } => WANT,
+        };
+        let Some((base, size)) =
+            aperture::choose(input, &reserved, 4096, aperture::PREFERRED_BASE, want)
+        else {
+            // SAFETY: the table was never attached.
+            unsafe { table.free() };
+            return Err(DmaError::InvalidRequest(
+                "no IOVA range clear of reserved ones",
+            ));
+        };
+        let before = v.unit.counts;
+        if let Err(e) = v.unit.attach(self.sid, did, &table) {
+            if v.unit.is_attached(self.sid) {
+                // The entry was written and its invalidation failed: the unit may walk the
+                // table, so it stays (the teardown tries again).
+                v.domains.push(VtdDomainState {
+                    sid: self.sid,
+                    did,
+                    table,
+                });
+            } else {
+                // SAFETY: no context entry points at the table.
+                unsafe { table.free() };
+            }
+            return Err(e.into());
+        }
+        let mut kinds = Kinds::new();
+        kinds.add(&v.unit, before);
+        let slot = v.domains.len();
+        v.domains.push(VtdDomainState {
+            sid: self.sid,
+            did,
+            table,
+        });
+        let sllps = (v.unit.caps.cap >> 34) & 3;
+        let page_sizes = 1 << 12 | (sllps & 1) << 21 | (sllps & 2) << 29;
+        drop(v);
+        let backend = Box::new(VtdDomain {
+            vtd: self.vtd,
+            slot,
+            did,
+            aperture: (base, size),
+            page_sizes,
+            kinds,
+        });
+        let mut info = DomainInfo {
+            backend: "vt-d",
+            mode: "dynamic",
+            mode_reason: "one domain per PCI function: a context entry and second-level table",
+            id: u64::from(did),
+            window_base: base,
+            window_size: size,
+            ..DomainInfo::default()
+        };
+        let dma = match self.target {
+            Target::Direct { .. } => {
+                info.mapping = "per-map";
+                IommuDma::dynamic(backend, info)?
+            }
+            Target::Pool { bounce, phys, size } => {
+                info.mapping = "pool";
+                let dma = IommuDma::window(
+                    "iommu+bounce",
+                    backend,
+                    bounce,
+                    base.wrapping_sub(phys),
+                    info,
+                );
+                dma.map_fixed(base, phys, size, Perm::RW)?;
+                dma.end_setup();
+                dma
+            }
+        };
+        for &(lo, hi) in &self.rmrrs {
+            let (start, end) = (lo & !0xfff, (hi | 0xfff).saturating_add(1));
+            dma.map_fixed(start, start, end - start, Perm::RW)?;
+        }
+        Ok(dma)
+    }
+}
+
+impl<R: Registers + Send + 'static, C: Clock + Send + 'static> DomainSetup<'static>
+    for VtdSetup<R, C>
+{
+    fn setup(self: Box<Self>) -> Result<IommuDma<'static>, DmaError> {
+        self.go()
+    }
+}
