@@ -324,7 +324,7 @@ pub struct BenchOptions {
     pub out_dir: PathBuf,
     /// Workloads to run (default: all six).
     pub workloads: Vec<Workload>,
-    /// Guest images [default: build/secure-guest-<arch>, build/noop-<arch>].
+    /// Guest images (default: `build/secure-guest-<arch>`, `build/noop-<arch>`).
     pub kernel_dir: Option<PathBuf>,
 }
 
