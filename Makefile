@@ -14,6 +14,8 @@ ACCEL    ?= tcg
 MEMORY   ?= 512M
 SMP      ?= 1
 CMDLINE  ?=
+# make bench QUICK=1: the quick profile (under 2 minutes instead of 10).
+QUICK    ?=
 # QEMU=/path/to/qemu-system-... selects another QEMU binary (the harness reads it from the env).
 export QEMU
 export ACCEL
@@ -26,7 +28,7 @@ CARGO_GUEST = cargo build --release --features guest --bin secure-guest --bin no
 
 IMAGES := build/secure-guest-ppc64le build/secure-guest-x86_64 build/noop-ppc64le build/noop-x86_64
 
-.PHONY: all setup images run noop test unit integration lint clean matrix
+.PHONY: all setup images run noop test unit integration lint clean matrix bench
 
 all: images
 
@@ -61,6 +63,13 @@ noop: images
 matrix: images
 	cargo run -q -p harness -- matrix $(MATRIX_ARGS)
 
+# Boot time and virtio-blk throughput of every machine x DMA path, with progress on stderr: a
+# markdown table on stdout, bench.json, bench.csv and throughput.svg in target/bench/ (README,
+# Performance). Under 10 minutes; QUICK=1 under 2. Not part of `make test`. BENCH_ARGS: e.g.
+# --filter q35 --repeats 3 (see `cargo run -p harness -- bench --help`).
+bench: images
+	cargo run -q -p harness -- bench $(if $(QUICK),--quick) $(BENCH_ARGS)
+
 # Host only: parsers, report writer, the harness against a fake QEMU. No images needed.
 unit: setup
 	cargo test --workspace --lib
@@ -68,7 +77,8 @@ unit: setup
 
 # Boot every machine in QEMU and check the reports.
 integration: images
-	cargo test --test boot --test virtio --test secure --test iommu --test x86iommu --test trace
+	cargo test --test boot --test virtio --test secure --test iommu --test x86iommu --test trace \
+	  --test bench
 
 # Everything: lints, host unit tests (parsers against hostile input), then the integration
 # tests that boot every machine in real QEMU.

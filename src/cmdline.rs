@@ -96,6 +96,11 @@ pub const OPTIONS: &[(&str, &str, &str)] = &[
         "blk requests in flight (default: the queue size)",
     ),
     (
+        "sg.blk.random",
+        "N",
+        "4 KiB reads at pseudo-random offsets of each blk device after the sequential read, checksummed in issue order (default 0)",
+    ),
+    (
         "sg.net.frames",
         "N",
         "echo frames to send on each net device (default 8)",
@@ -134,6 +139,8 @@ pub const OPTIONS: &[(&str, &str, &str)] = &[
 
 /// The default and the cap of `sg.blk.read=all`.
 pub const BLK_READ_ALL_MAX: u64 = 64 << 20;
+/// The largest `sg.blk.random`.
+pub const BLK_RANDOM_MAX: u64 = 1 << 20;
 /// The largest `sg.blk.req`.
 pub const BLK_REQ_MAX: u64 = 4 << 20;
 /// The default `sg.swiotlb`.
@@ -197,6 +204,8 @@ pub struct Options {
     pub blk_req: u32,
     /// Requests in flight; `None`: the queue size.
     pub blk_qd: Option<u16>,
+    /// `sg.blk.random`: random 4 KiB reads after the sequential read.
+    pub blk_random: u32,
     pub net_frames: u32,
     pub console_read: u32,
     pub rng_bytes: u32,
@@ -227,6 +236,7 @@ impl Default for Options {
             blk_disk: 0,
             blk_req: 64 << 10,
             blk_qd: None,
+            blk_random: 0,
             net_frames: 8,
             console_read: 64,
             rng_bytes: 64,
@@ -461,6 +471,10 @@ pub fn parse(line: &[u8]) -> (Options, Vec<Diagnostic>) {
                 Some(n) => opts.blk_qd = Some(n as u16),
                 None => malformed("N (1..32768)"),
             },
+            "sg.blk.random" => match number_in(value, 0, BLK_RANDOM_MAX) {
+                Some(n) => opts.blk_random = n as u32,
+                None => malformed("N (0..1048576)"),
+            },
             "sg.net.frames" => match number_in(value, 0, 65536) {
                 Some(n) => opts.net_frames = n as u32,
                 None => malformed("N (0..65536)"),
@@ -588,6 +602,7 @@ mod tests {
         assert_eq!(o.blk_disk, 0);
         assert_eq!(o.blk_req, 65536);
         assert_eq!(o.blk_qd, None);
+        assert_eq!(o.blk_random, 0);
         assert_eq!(o.net_frames, 8);
         assert_eq!(o.console_read, 64);
         assert_eq!(o.rng_bytes, 64);
@@ -599,7 +614,7 @@ mod tests {
     fn virtio_options() {
         let (o, d) = parse(
             b"sg.blk.read=1M sg.blk.write=64K:8K:0x5eed sg.blk.disk=1 sg.blk.req=4K sg.blk.qd=3 \
-              sg.net.frames=2 sg.console.read=10 sg.rng.bytes=0x20 sg.virtio.packed=off \
+              sg.blk.random=0x100 sg.net.frames=2 sg.console.read=10 sg.rng.bytes=0x20 sg.virtio.packed=off \
               sg.virtio.indirect=0 sg.virtio.event_idx=off sg.virtio.timeout_ms=100",
         );
         assert!(d.is_empty(), "{d:?}");
@@ -616,6 +631,7 @@ mod tests {
         assert_eq!(o.blk_disk, 1);
         assert_eq!(o.blk_req, 4096);
         assert_eq!(o.blk_qd, Some(3));
+        assert_eq!(o.blk_random, 256);
         assert_eq!(o.net_frames, 2);
         assert_eq!(o.console_read, 10);
         assert_eq!(o.rng_bytes, 32);
@@ -792,6 +808,9 @@ mod tests {
             "sg.blk.req=8M",
             "sg.blk.qd=0",
             "sg.blk.qd=40000",
+            "sg.blk.random=1048577",
+            "sg.blk.random=many",
+            "sg.blk.random",
             "sg.net.frames=many",
             "sg.net.frames=+3",
             "sg.console.read=70000",

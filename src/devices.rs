@@ -153,6 +153,7 @@ impl<'a> Runner<'a> {
                     write: self.opts.blk_write.filter(|_| index == self.opts.blk_disk),
                     req_bytes: self.opts.blk_req,
                     qd: self.opts.blk_qd,
+                    random: self.opts.blk_random,
                 };
                 let r = blk::run(t, &paths, self.clock, s, &params);
                 ("blk".to_string(), erase(r, Specific::Blk))
@@ -397,7 +398,14 @@ pub fn virtio_record<W: fmt::Write>(r: Record<W>, d: &DeviceReport) -> Record<W>
                 }
                 None => j.null(),
             })
-            .bool("flushed", b.flushed),
+            .bool("flushed", b.flushed)
+            .u64("req_bytes", b.req_bytes.into())
+            .u64("max_in_flight", b.max_in_flight.into())
+            .u64("random_reads", b.random_reads)
+            .u64("random_bytes", b.random_bytes)
+            .hex("random_crc32c", b.random_crc32c.into())
+            .u64("random_us", b.random_us)
+            .u64("write_us", b.write_us),
         Specific::Net(n) => r
             .json("mac", |j| match &n.mac {
                 Some(m) => j.str(&net::mac_string(m)),

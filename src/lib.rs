@@ -9,6 +9,7 @@ extern crate alloc;
 
 pub mod acpi;
 pub mod bootinfo;
+pub mod clock;
 pub mod cmdline;
 pub mod crc32c;
 pub mod devices;

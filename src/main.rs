@@ -13,8 +13,9 @@ extern crate alloc;
 mod arch;
 mod console;
 
+use core::alloc::{GlobalAlloc, Layout};
 use core::panic::PanicInfo;
-use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 use linked_list_allocator::LockedHeap;
 use secure_guest::bootinfo::BootInfo;
@@ -34,7 +35,39 @@ use secure_guest::virtio::driver::DmaPaths;
 use console::Console;
 
 #[global_allocator]
-static HEAP: LockedHeap = LockedHeap::empty();
+static HEAP: CountingHeap = CountingHeap {
+    heap: LockedHeap::empty(),
+    in_use: AtomicUsize::new(0),
+    high_water: AtomicUsize::new(0),
+};
+
+/// The heap, counting the bytes handed out and their high-water mark (the `end` record's
+/// `heap_high_water_bytes`), so that a run shows what it needed.
+struct CountingHeap {
+    heap: LockedHeap,
+    in_use: AtomicUsize,
+    high_water: AtomicUsize,
+}
+
+// SAFETY: every call goes to the locked heap with the caller's arguments unchanged; the counters
+// only watch.
+unsafe impl GlobalAlloc for CountingHeap {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: the caller keeps `GlobalAlloc::alloc`'s contract, which is passed on as is.
+        let p = unsafe { self.heap.alloc(layout) };
+        if !p.is_null() {
+            let now = self.in_use.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
+            self.high_water.fetch_max(now, Ordering::Relaxed);
+        }
+        p
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: `ptr` came from `alloc` above with this `layout` (the caller's contract).
+        unsafe { self.heap.dealloc(ptr, layout) };
+        self.in_use.fetch_sub(layout.size(), Ordering::Relaxed);
+    }
+}
 
 /// The heap never takes more than this: the rest of RAM stays free for later users (the shared
 /// pool, secret-marked private memory) and a huge heap would only slow down its first use.
@@ -95,6 +128,10 @@ fn end(verdict: Verdict) -> ! {
         .u64("errors", ERRORS.load(Ordering::Relaxed) as u64)
         .u64("warnings", WARNINGS.load(Ordering::Relaxed) as u64)
         .opt_u64("entry_to_end_us", elapsed_us(arch::now_ticks()))
+        .u64(
+            "heap_high_water_bytes",
+            HEAP.high_water.load(Ordering::Relaxed) as u64,
+        )
         .end();
     arch::power_off(verdict)
 }
@@ -401,7 +438,7 @@ fn init_heap(info: &BootInfo) -> (u64, u64) {
             // SAFETY: [base, base+size) is RAM that no reserved range covers (the arch layer
             // reserved the image, stack, device tree and firmware), identity-mapped, and handed
             // to the allocator exactly once.
-            unsafe { HEAP.lock().init(base as *mut u8, size as usize) };
+            unsafe { HEAP.heap.lock().init(base as *mut u8, size as usize) };
             record("heap").hex("base", base).u64("size", size).end();
             (base, size)
         }

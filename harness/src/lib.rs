@@ -20,7 +20,9 @@
 //! (the memory-dump oracle: nothing private in the shared swiotlb pool). For IOMMU DMA: [`trace`]
 //! (QEMU trace events: which to enable, and an exact parser for the `log` backend's lines) and
 //! [`iommu`] (the trace oracle: every device access translated to a page the guest had mapped).
+//! [`bench`](mod@bench) is `make bench`: boot time and virtio-blk throughput of every machine × DMA path.
 
+pub mod bench;
 pub mod config;
 pub mod devices;
 pub mod dump;

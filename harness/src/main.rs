@@ -13,9 +13,11 @@
 //! cargo run -p harness -- run --machine pseries --check-iommu spapr-tce --run-dir sg-run -- \
 //!     -device virtio-rng-pci,disable-legacy=on,iommu_platform=on
 //! cargo run -p harness -- trace-check sg-run/trace.log --pool 0x1000000:4M
+//! cargo run -p harness -- bench --quick --filter q35
 //! ```
 //! Exit status: 0 for pass (for `noop`: QEMU powered off by itself; for `matrix`: nothing
-//! failed; for `pattern --check`: the region holds the pattern), 1 for anything else (2 when the
+//! failed; for `pattern --check`: the region holds the pattern; for `bench`: every run passed and
+//! its data checked out), 1 for anything else (2 when the
 //! arguments do not parse).
 
 use std::io::Write;
@@ -63,6 +65,9 @@ enum Cmd {
     /// Boot every machine x firmware x transport x ring with all virtio devices and check the
     /// data on the host; one verdict line per combination.
     Matrix(MatrixArgs),
+    /// Measure boot time and virtio-blk throughput on every machine x DMA path: a markdown table
+    /// on stdout, JSON, CSV and an SVG chart under --out (see README, Performance).
+    Bench(BenchArgs),
     /// Write the data pattern of docs/report.md (raw bytes), or check a file region holds it.
     Pattern {
         /// Seed (decimal or 0x hex).
@@ -173,6 +178,39 @@ struct MatrixArgs {
     /// Other x86 cells are skipped; with --tce too, pseries cells take the TCE IOMMU.
     #[arg(long)]
     x86_iommu: Option<harness::devices::Iommu>,
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// The quick profile: 3 rounds of smaller runs, no KVM rows (under 2 minutes).
+    #[arg(long)]
+    quick: bool,
+    /// Rounds [default: 7, quick: 3].
+    #[arg(long)]
+    repeats: Option<u32>,
+    /// Run only cells whose `platform/path` (`q35/bounce`, `pseries-vof/direct`) contains this;
+    /// repeat to narrow.
+    #[arg(long)]
+    filter: Vec<String>,
+    /// Seconds after which no new round of a cell starts [default: 540, quick: 100].
+    #[arg(long)]
+    budget: Option<u64>,
+    /// Leave out the KVM rows even where KVM works.
+    #[arg(long)]
+    no_kvm: bool,
+    /// Bytes each 4 KiB run reads and writes [default: 8M, quick: 2M].
+    #[arg(long, value_parser = parse_number)]
+    small: Option<u64>,
+    /// Bytes each 64 KiB and 1 MiB run reads and writes [default: 32M, quick: 8M].
+    #[arg(long, value_parser = parse_number)]
+    large: Option<u64>,
+    /// Random 4 KiB reads in each 4 KiB run [default: 2048, quick: 512].
+    #[arg(long)]
+    random: Option<u32>,
+    /// Where bench.json, bench.csv, throughput.svg, bench.md and the disk image go
+    /// [default: target/bench in the workspace].
+    #[arg(long)]
+    out: Option<PathBuf>,
 }
 
 /// `4096`, `0x1000`, `64K`, `4M`, `1G`.
@@ -394,6 +432,7 @@ fn real_main(cli: Cli) -> Result<bool> {
             Ok(true)
         }
         Cmd::Matrix(m) => run_matrix(m),
+        Cmd::Bench(b) => run_bench(b),
         Cmd::Pattern {
             seed,
             offset,
@@ -593,6 +632,61 @@ fn run_matrix(m: MatrixArgs) -> Result<bool> {
         matrix::write_junit(j, &results, total)?;
     }
     Ok(!results.iter().any(|r| r.verdict.is_failure()))
+}
+
+fn run_bench(b: BenchArgs) -> Result<bool> {
+    use harness::bench;
+    let out = match &b.out {
+        Some(o) => harness::config::absolute(o),
+        None => harness::workspace_root().join("target").join("bench"),
+    };
+    let mut opts = if b.quick {
+        bench::BenchOptions::quick_profile(out.clone())
+    } else {
+        bench::BenchOptions::default_profile(out.clone())
+    };
+    if let Some(r) = b.repeats {
+        opts.repeats = r.max(1);
+    }
+    if let Some(s) = b.budget {
+        opts.budget = Duration::from_secs(s);
+    }
+    opts.kvm &= !b.no_kvm;
+    opts.filter = b.filter.clone();
+    if let Some(n) = b.small {
+        opts.sizes.small = n;
+    }
+    if let Some(n) = b.large {
+        opts.sizes.large = n;
+    }
+    if let Some(n) = b.random {
+        opts.sizes.random = n;
+    }
+    for n in [opts.sizes.small, opts.sizes.large] {
+        if n == 0 || n % 512 != 0 || n > bench::DISK_BYTES / 2 {
+            bail!(
+                "--small and --large must be multiples of 512 up to {} bytes",
+                bench::DISK_BYTES / 2
+            );
+        }
+    }
+    let report = bench::run(&opts, &mut |line: &str| eprintln!("{line}"))?;
+    print!("{}", bench::markdown(&report));
+    let files = bench::write_outputs(&report, &out)?;
+    eprintln!(
+        "bench: {:.0} s; wrote {}",
+        report.meta.wall_s,
+        files
+            .iter()
+            .map(|f| f.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let failures = report.failures();
+    for f in &failures {
+        eprintln!("bench failure: {f}");
+    }
+    Ok(failures.is_empty())
 }
 
 fn pattern(

@@ -1,6 +1,9 @@
 //! virtio-blk (virtio 1.2, 5.2): capacity and limits from config space, the serial (get-id),
-//! a checksummed read of the start of the disk with several requests in flight, and the
-//! pattern write and flush of `sg.blk.write` when this disk is the one named.
+//! a checksummed read of the start of the disk with several requests in flight, the random
+//! reads of `sg.blk.random`, and the pattern write and flush of `sg.blk.write` when this disk is
+//! the one named. Each of the three transfers is timed on the calibrated clock, around the
+//! transfer alone (the checksum and the pattern generation included: the guest does them as the
+//! data moves).
 //!
 //! A request is three kinds of segment: the 16-byte header (device-readable) and the status byte
 //! (device-writable) live in a shared region; the data is a heap buffer mapped for the request
@@ -28,7 +31,7 @@ use super::wait::{Clock, WaitError};
 use crate::cmdline::{BlkRead, BlkWrite};
 use crate::crc32c::Crc32c;
 use crate::dma::{Direction, DmaConstraints};
-use crate::pattern;
+use crate::pattern::{self, splitmix64};
 
 const T_IN: u32 = 0;
 const T_OUT: u32 = 1;
@@ -50,6 +53,24 @@ const QUEUE_SIZE: u16 = 256;
 const BUFFER_BUDGET: u64 = 16 << 20;
 /// The largest `blk_size` accepted.
 pub const MAX_BLOCK_SIZE: u32 = 64 << 10;
+/// The seed of the `sg.blk.random` offsets.
+pub const RANDOM_SEED: u64 = 0x7261_6e64;
+/// The size of an `sg.blk.random` read, unless the block size is larger or `sg.blk.req` smaller.
+pub const RANDOM_LEN: u32 = 4096;
+
+/// The length of every `sg.blk.random` read on a disk of `block_size` whose requests carry at
+/// most `req_len` bytes (whole blocks).
+pub fn random_len(block_size: u32, req_len: u32) -> u32 {
+    RANDOM_LEN.max(block_size).min(req_len)
+}
+
+/// The disk offset of random read `i` (from 0) of `len` bytes on a disk of `capacity` bytes:
+/// block `splitmix64(RANDOM_SEED ^ i) % (capacity / len)` of `len` bytes. `None` when the disk
+/// holds no whole block of `len` bytes. The harness computes the same offsets.
+pub fn random_offset(i: u64, len: u64, capacity: u64) -> Option<u64> {
+    let blocks = capacity.checked_div(len).filter(|&b| b > 0)?;
+    Some(splitmix64(RANDOM_SEED ^ i) % blocks * len)
+}
 
 /// What the command line asks of this disk.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -61,6 +82,8 @@ pub struct BlkParams {
     pub req_bytes: u32,
     /// Requests in flight; `None`: the queue size.
     pub qd: Option<u16>,
+    /// Random reads after the sequential read (`sg.blk.random`).
+    pub random: u32,
 }
 
 impl Default for BlkParams {
@@ -70,6 +93,7 @@ impl Default for BlkParams {
             write: None,
             req_bytes: 64 << 10,
             qd: None,
+            random: 0,
         }
     }
 }
@@ -86,12 +110,24 @@ pub struct BlkInfo {
     pub read_bytes: u64,
     pub read_crc32c: u32,
     /// Microseconds the read took, from its first request to its last completion (0 when the
-    /// clock is not calibrated): throughput without the init and teardown around it.
+    /// clock is not calibrated, or nothing was read): throughput without the init and teardown
+    /// around it.
     pub read_us: u64,
     /// The write that `sg.blk.write` asked of this disk, and the CRC32C of the data written.
     pub write: Option<(BlkWrite, u32)>,
     /// A flush completed after the write.
     pub flushed: bool,
+    /// Data bytes per read or write request, as the device's limits and the DMA path allowed.
+    pub req_bytes: u32,
+    /// The most read or write requests that were in flight at once.
+    pub max_in_flight: u32,
+    /// Microseconds the random reads and the write took, as `read_us` for the read.
+    pub random_us: u64,
+    pub write_us: u64,
+    /// Random reads done, their bytes, and the CRC32C of their data in issue order.
+    pub random_reads: u64,
+    pub random_bytes: u64,
+    pub random_crc32c: u32,
 }
 
 /// Config space as read (virtio 1.2, 5.2.4), before any check.
@@ -231,6 +267,54 @@ impl Kind {
     }
 }
 
+/// Where the requests of a transfer go.
+#[derive(Clone, Copy, Debug)]
+enum Span {
+    /// `total` bytes from disk offset `start`, in requests of at most `req_len` bytes (a
+    /// request without data, a flush, is one request of length 0).
+    Sequential {
+        start: u64,
+        total: u64,
+        req_len: u64,
+    },
+    /// `count` requests of `len` bytes at [`random_offset`]s of a disk of `capacity` bytes.
+    Random { count: u64, len: u64, capacity: u64 },
+}
+
+impl Span {
+    fn requests(&self) -> u64 {
+        match *self {
+            Span::Sequential { total: 0, .. } => 1,
+            Span::Sequential { total, req_len, .. } => total.div_ceil(req_len),
+            Span::Random { count, .. } => count,
+        }
+    }
+
+    fn max_len(&self) -> u64 {
+        match *self {
+            Span::Sequential { req_len, .. } => req_len,
+            Span::Random { len, .. } => len,
+        }
+    }
+
+    /// Disk offset and length of request `seq`.
+    fn request(&self, seq: u64) -> (u64, u32) {
+        match *self {
+            Span::Sequential {
+                start,
+                total,
+                req_len,
+            } => (
+                start + seq * req_len,
+                (total - seq * req_len).min(req_len) as u32,
+            ),
+            Span::Random { len, capacity, .. } => {
+                (random_offset(seq, len, capacity).unwrap_or(0), len as u32)
+            }
+        }
+    }
+}
+
 /// One request in flight.
 #[derive(Clone, Copy, Debug)]
 struct Slot {
@@ -272,6 +356,7 @@ pub fn run<T: Transport + ?Sized>(
         counters: Counters::default(),
         pool: Vec::new(),
         geometry: None,
+        max_in_flight: 0,
     };
     let result = blk.test(&negotiation, &config, params, &mut info);
     let counters = blk.counters;
@@ -300,6 +385,8 @@ struct Blk<'a, 'd, T: ?Sized> {
     /// Indexes into `res.bufs` of the data buffers, reused from one transfer to the next.
     pool: Vec<usize>,
     geometry: Option<Geometry>,
+    /// The most read or write requests in flight at once so far.
+    max_in_flight: u32,
 }
 
 impl<T: Transport + ?Sized> Blk<'_, '_, T> {
@@ -315,6 +402,8 @@ impl<T: Transport + ?Sized> Blk<'_, '_, T> {
         self.geometry = Some(g);
         info.capacity = Some(g.capacity);
         info.block_size = Some(g.block_size);
+        info.req_bytes = g.req_len;
+        let req_len = u64::from(g.req_len);
 
         info.serial = self.get_id()?;
 
@@ -326,27 +415,59 @@ impl<T: Transport + ?Sized> Blk<'_, '_, T> {
         let mut crc = Crc32c::new();
         let mut done = 0u64;
         let qd = params.qd.unwrap_or(queue_size);
-        let started = self.clock.now_us();
         let r = if span == 0 {
             Ok(())
         } else {
-            self.transfer(
+            let started = self.clock.now_us();
+            let r = self.transfer(
                 Kind::Read,
-                0,
-                span,
+                Span::Sequential {
+                    start: 0,
+                    total: span,
+                    req_len,
+                },
                 qd,
-                |_, _| {},
-                |_, data| {
+                &mut |_, _| {},
+                &mut |_, data| {
                     let take = (read - done).min(data.len() as u64) as usize;
                     crc.update(&data[..take]);
                     done += take as u64;
                 },
-            )
+            );
+            info.read_us = self.clock.now_us().saturating_sub(started);
+            r
         };
         info.read_bytes = done;
         info.read_crc32c = crc.finish();
-        info.read_us = self.clock.now_us().saturating_sub(started);
+        info.max_in_flight = self.max_in_flight;
         r?;
+
+        // Random reads, checksummed in issue order (the order `consume` sees them in).
+        let len = u64::from(random_len(g.block_size, g.req_len));
+        if params.random > 0 && random_offset(0, len, g.capacity).is_some() {
+            let (mut crc, mut reads, mut bytes) = (Crc32c::new(), 0u64, 0u64);
+            let started = self.clock.now_us();
+            let r = self.transfer(
+                Kind::Read,
+                Span::Random {
+                    count: params.random.into(),
+                    len,
+                    capacity: g.capacity,
+                },
+                qd,
+                &mut |_, _| {},
+                &mut |_, data| {
+                    crc.update(data);
+                    reads += 1;
+                    bytes += data.len() as u64;
+                },
+            );
+            info.random_us = self.clock.now_us().saturating_sub(started);
+            (info.random_reads, info.random_bytes) = (reads, bytes);
+            info.random_crc32c = crc.finish();
+            info.max_in_flight = self.max_in_flight;
+            r?;
+        }
 
         let Some(w) = params.write else {
             return Ok(());
@@ -376,17 +497,24 @@ impl<T: Transport + ?Sized> Blk<'_, '_, T> {
             ));
         }
         let mut wcrc = Crc32c::new();
-        self.transfer(
+        let started = self.clock.now_us();
+        let r = self.transfer(
             Kind::Write,
-            w.offset,
-            w.len,
+            Span::Sequential {
+                start: w.offset,
+                total: w.len,
+                req_len,
+            },
             qd,
-            |offset, buf| {
+            &mut |offset, buf| {
                 pattern::fill(w.seed, offset, buf);
                 wcrc.update(buf);
             },
-            |_, _| {},
-        )?;
+            &mut |_, _| {},
+        );
+        info.write_us = self.clock.now_us().saturating_sub(started);
+        info.max_in_flight = self.max_in_flight;
+        r?;
         info.write = Some((w, wcrc.finish()));
         if n.has(f::FLUSH) {
             self.single(Kind::Flush)?;
@@ -417,44 +545,38 @@ impl<T: Transport + ?Sized> Blk<'_, '_, T> {
         };
         self.transfer(
             kind,
-            0,
-            len,
+            Span::Sequential {
+                start: 0,
+                total: len,
+                req_len: len.max(1),
+            },
             1,
-            |_, _| {},
-            |status, data| {
+            &mut |_, _| {},
+            &mut |status, data| {
                 out = (status, data.to_vec());
             },
         )?;
         Ok(out)
     }
 
-    /// Moves `total` bytes from disk offset `start` in requests of the geometry's size with up
-    /// to `qd` in flight. `fill(offset, buf)` provides write data; `consume(status, data)` sees
-    /// each request's data in disk order. A request without data (flush) is one request of
-    /// length 0.
-    #[allow(clippy::too_many_arguments)]
+    /// Moves the requests of `span` with up to `qd` in flight. `fill(offset, buf)` provides
+    /// write data; `consume(status, data)` sees each request's data in issue order (for a
+    /// sequential span, disk order). One instance for every kind of transfer (the callbacks are
+    /// `dyn`, called once per request): each generic copy would cost kilobytes of image.
+    #[inline(never)]
     fn transfer(
         &mut self,
         kind: Kind,
-        start: u64,
-        total: u64,
+        span: Span,
         qd: u16,
-        mut fill: impl FnMut(u64, &mut [u8]),
-        mut consume: impl FnMut(u8, &[u8]),
+        fill: &mut dyn FnMut(u64, &mut [u8]),
+        consume: &mut dyn FnMut(u8, &[u8]),
     ) -> Result<(), String> {
         let g = self.geometry.expect("geometry is known before any request");
         let dma = self.res.dma();
-        let req_len = if matches!(kind, Kind::Read | Kind::Write) {
-            u64::from(g.req_len)
-        } else {
-            total.max(1)
-        };
-        let nreq = if total == 0 {
-            1
-        } else {
-            total.div_ceil(req_len)
-        };
-        let budget = (BUFFER_BUDGET / req_len).max(1);
+        let nreq = span.requests();
+        let has_data = !matches!(span, Span::Sequential { total: 0, .. });
+        let budget = (BUFFER_BUDGET / span.max_len().max(1)).max(1);
         let slots = u64::from(qd.max(1))
             .min(u64::from(self.res.queues[0].size()))
             .min(nreq)
@@ -463,7 +585,7 @@ impl<T: Transport + ?Sized> Blk<'_, '_, T> {
         // Header (16 bytes) and status (1 byte) of every slot in one shared region.
         let region = self.res.alloc_region(17 * slots, 16)?;
         let status_at = |slot: usize| 16 * slots + slot;
-        while self.pool.len() < slots && total > 0 {
+        while self.pool.len() < slots && has_data {
             let b = self
                 .res
                 .alloc_buf(g.req_len.max(ID_BYTES as u32) as usize)?;
@@ -488,8 +610,7 @@ impl<T: Transport + ?Sized> Blk<'_, '_, T> {
                 let Some(slot_index) = free.pop_front() else {
                     break;
                 };
-                let offset = start + issued * req_len;
-                let len = (total - issued * req_len).min(req_len) as u32;
+                let (offset, len) = span.request(issued);
                 let slot = Slot {
                     buf: slot_index,
                     seq: issued,
@@ -537,6 +658,9 @@ impl<T: Transport + ?Sized> Blk<'_, '_, T> {
                         by_token[token.index()] = Some(slot);
                         issued += 1;
                         outstanding += 1;
+                        if matches!(kind, Kind::Read | Kind::Write) {
+                            self.max_in_flight = self.max_in_flight.max(outstanding);
+                        }
                     }
                     Err(e) => {
                         let buf = &mut self.res.bufs[self.pool[slot_index]];
@@ -606,7 +730,7 @@ impl<T: Transport + ?Sized> Blk<'_, '_, T> {
             }
             done[slot.buf] = Some((slot, status));
 
-            // Hand over, in disk order, whatever is complete.
+            // Hand over, in issue order, whatever is complete.
             loop {
                 let next = done
                     .iter()

@@ -188,7 +188,9 @@ fn read_u64(p: u64) -> u64 {
 
 /// TSC ticks per second, and how we know. CPUID leaf 0x15 (crystal ratio) is exact where
 /// offered; the hypervisor timing leaf 0x40000010 (KVM with invtsc, VMware) is exact too;
-/// otherwise the TSC is counted over 2 ms of the PIT, whose 1.193182 MHz input is fixed.
+/// otherwise the TSC is counted against the PIT, whose 1.193182 MHz input is fixed, over three
+/// 1 ms windows (`secure_guest::clock`: a busy host that pauses the vCPU in one of them cannot
+/// skew the result).
 fn tsc_hz() -> (Option<u64>, &'static str) {
     let max = io::cpuid(0, 0)[0];
     if max >= 0x15 {
@@ -205,11 +207,8 @@ fn tsc_hz() -> (Option<u64>, &'static str) {
         }
     }
     // PIT channel 0 (its gate is always on, unlike channel 2 whose gate is port 0x61, which
-    // microvm does not have), mode 2, full count; read the count back with latch commands and
-    // time 2386 PIT ticks (2 ms) with the TSC: the PIT tick is 0.84 us, so the error is under
-    // 0.1% while boot time stays low. Interrupts are off, so IRQ0 goes nowhere.
-    const SPAN: u16 = 2386;
-    const PIT_HZ: u64 = 1_193_182;
+    // microvm does not have), mode 2, count 0 (65536: the count wraps as a u16 does), read back
+    // with latch commands. Interrupts are off, so IRQ0 goes nowhere.
     let read_count = || {
         io::outb(0x43, 0x00); // latch channel 0
         let lo = io::inb(0x40) as u16;
@@ -217,19 +216,12 @@ fn tsc_hz() -> (Option<u64>, &'static str) {
         hi << 8 | lo
     };
     io::outb(0x43, 0x34); // channel 0, lobyte/hibyte, mode 2
-    io::outb(0x40, 0xff);
-    io::outb(0x40, 0xff);
-    let first = read_count();
-    let start = io::rdtsc();
-    // Bounded: with no PIT the count never moves, and a dead PIT reads 0xffff forever.
-    for _ in 0..5_000_000u32 {
-        let elapsed = first.wrapping_sub(read_count());
-        if (SPAN..0x8000).contains(&elapsed) {
-            let ticks = io::rdtsc() - start;
-            return (Some(ticks * PIT_HZ / elapsed as u64), "pit");
-        }
+    io::outb(0x40, 0x00);
+    io::outb(0x40, 0x00);
+    match secure_guest::clock::tsc_hz_from_timer(read_count, io::rdtsc) {
+        Some(hz) => (Some(hz), "pit"),
+        None => (None, "none"),
     }
-    (None, "none")
 }
 
 /// Physical reads for the ACPI parser: only inside the ranges the firmware described (the e820

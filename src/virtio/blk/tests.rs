@@ -396,6 +396,7 @@ fn write_lands_at_its_offset_and_is_flushed() {
             write: Some(w),
             req_bytes: 32 << 10,
             qd: Some(3),
+            random: 0,
         };
         let s = Settings {
             packed,
@@ -774,4 +775,153 @@ fn packed_completions_without_the_write_flag_as_qemu_makes_them() {
     expect_ok(&r);
     assert_eq!(r.queues[0].ring, RingFormat::Packed);
     assert_eq!(r.specific.read_crc32c, crc32c(&content));
+}
+
+/// The concatenated data of `n` random reads of `len` bytes, in issue order.
+fn random_data(content: &[u8], n: u64, len: u64) -> Vec<u8> {
+    let mut out = Vec::new();
+    for i in 0..n {
+        let o = random_offset(i, len, content.len() as u64).unwrap() as usize;
+        out.extend_from_slice(&content[o..o + len as usize]);
+    }
+    out
+}
+
+#[test]
+fn random_offsets_are_whole_blocks_inside_the_disk() {
+    let cap = (1 << 20) + 4096 + 512;
+    let mut seen = alloc::collections::BTreeSet::new();
+    for i in 0..2000 {
+        let o = random_offset(i, 4096, cap).unwrap();
+        assert_eq!(o % 4096, 0);
+        assert!(o + 4096 <= cap, "{o}");
+        seen.insert(o);
+    }
+    assert!(seen.len() > 200, "spread over the disk: {}", seen.len());
+    assert_eq!(random_offset(0, 4096, 4095), None);
+    assert_eq!(random_offset(0, 0, 4096), None);
+    // Pinned: the harness and docs/report.md compute the same offsets.
+    assert_eq!(
+        random_offset(0, 4096, 1 << 30),
+        Some(splitmix64(RANDOM_SEED) % (1 << 18) * 4096)
+    );
+    assert_eq!(random_len(512, 64 << 10), 4096);
+    assert_eq!(random_len(8192, 64 << 10), 8192);
+    assert_eq!(random_len(512, 2048), 2048);
+}
+
+#[test]
+fn random_reads_follow_the_sequential_read_in_issue_order() {
+    let content = disk(1 << 20);
+    for qd in [1u16, 4] {
+        let mut m = BlkModel::new(content.clone());
+        m.order = Order::Reverse;
+        let b = bus(m, ALL_BLK);
+        let params = BlkParams {
+            read: BlkRead::Bytes(64 << 10),
+            req_bytes: 16 << 10,
+            qd: Some(qd),
+            random: 100,
+            ..BlkParams::default()
+        };
+        let r = run_on(&b, &settings(), &params);
+        expect_ok(&r);
+        let i = &r.specific;
+        assert_eq!(i.read_crc32c, crc32c(&content[..64 << 10]));
+        assert_eq!((i.random_reads, i.random_bytes), (100, 100 * 4096));
+        assert_eq!(
+            i.random_crc32c,
+            crc32c(&random_data(&content, 100, 4096)),
+            "qd {qd}"
+        );
+        assert_eq!(i.req_bytes, 16 << 10);
+        assert_eq!(i.max_in_flight, u32::from(qd));
+        assert_eq!(r.counters.requests, 1 + 4 + 100);
+        assert_eq!(r.counters.bytes_from_device, 20 + (64 << 10) + 100 * 4096);
+        // The fake clock advances 10 us per look: every timed phase that ran took some.
+        assert!(i.read_us > 0 && i.random_us > 0, "{i:?}");
+        assert_eq!(i.write_us, 0);
+        b.model(|m: &mut BlkModel| {
+            let random: Vec<u64> = m.completed_offsets[4..].to_vec();
+            let mut want: Vec<u64> = (0..100)
+                .map(|i| random_offset(i, 4096, 1 << 20).unwrap())
+                .collect();
+            let mut got = random.clone();
+            want.sort_unstable();
+            got.sort_unstable();
+            assert_eq!(got, want, "qd {qd}");
+            assert_eq!(m.max_held, usize::from(qd));
+        });
+    }
+}
+
+#[test]
+fn random_reads_take_the_block_size_and_skip_a_disk_without_a_whole_block() {
+    // blk_size 8 KiB: the random reads are 8 KiB.
+    let content = disk(256 << 10);
+    let mut c = BlkConfig::for_disk(content.len());
+    c.blk_size = 8192;
+    let b = bus_with(BlkModel::new(content.clone()), &c, ALL_BLK, 256);
+    let params = BlkParams {
+        read: BlkRead::Bytes(0),
+        random: 7,
+        ..BlkParams::default()
+    };
+    let r = run_on(&b, &settings(), &params);
+    expect_ok(&r);
+    assert_eq!(
+        (r.specific.random_reads, r.specific.random_bytes),
+        (7, 7 * 8192)
+    );
+    assert_eq!(
+        r.specific.random_crc32c,
+        crc32c(&random_data(&content, 7, 8192))
+    );
+    assert_eq!(r.specific.read_us, 0, "nothing to read is no time");
+    // 2 KiB: no whole 4 KiB block, so no random read (and no error).
+    let b = bus(BlkModel::new(disk(2048)), ALL_BLK);
+    let r = run_on(&b, &settings(), &params);
+    expect_ok(&r);
+    assert_eq!(r.specific.random_reads, 0);
+    assert_eq!(r.counters.requests, 1, "get-id only");
+}
+
+#[test]
+fn a_failing_random_read_is_an_error_with_the_reads_done_so_far() {
+    let content = disk(1 << 20);
+    let target = random_offset(5, 4096, 1 << 20).unwrap();
+    let mut m = BlkModel::new(content);
+    m.ioerr_sector = Some(target / 512);
+    let b = bus(m, ALL_BLK);
+    let params = BlkParams {
+        read: BlkRead::Bytes(0),
+        qd: Some(1),
+        random: 50,
+        ..BlkParams::default()
+    };
+    let r = run_on(&b, &settings(), &params);
+    expect_error(&r, &["read of 4096 bytes", "VIRTIO_BLK_S_IOERR"]);
+    assert!(r.specific.random_reads <= 5, "{:?}", r.specific);
+}
+
+#[test]
+fn the_write_is_timed_and_in_flight_is_counted() {
+    let content = disk(1 << 20);
+    let b = bus(BlkModel::new(content), ALL_BLK);
+    let params = BlkParams {
+        read: BlkRead::Bytes(0),
+        write: Some(BlkWrite {
+            offset: 0,
+            len: 256 << 10,
+            seed: 9,
+        }),
+        req_bytes: 32 << 10,
+        qd: Some(5),
+        ..BlkParams::default()
+    };
+    let r = run_on(&b, &settings(), &params);
+    expect_ok(&r);
+    assert!(r.specific.write_us > 0);
+    assert_eq!((r.specific.read_us, r.specific.random_us), (0, 0));
+    assert_eq!(r.specific.max_in_flight, 5);
 }
