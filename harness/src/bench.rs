@@ -227,7 +227,7 @@ pub fn path_setup(machine: Machine, path: DmaPath) -> Result<PathSetup, String> 
 }
 
 /// One workload run: requests of `req` bytes, queue depth 1 or full (the guest's default: the
-/// queue size, within its 16 MiB buffer budget).
+/// queue size, within its 1 MiB buffer budget: 16 requests of 64 KiB, 2 of 1 MiB).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Workload {
     pub req: u32,
