@@ -237,6 +237,32 @@ unsafe fn copy_from_shared(dst: *mut u8, src: *const u8, len: usize) {
     }
 }
 
+/// [`copy_from_shared`] and [`zero_shared`] of the same bytes in one pass: each doubleword of
+/// the slot is read once, written to private memory, then zeroed. Half the loop work of the two
+/// passes, and the slot is walked once.
+///
+/// # Safety
+/// As for [`copy_from_shared`], with `src` also valid for `len` bytes of writes.
+unsafe fn move_from_shared(dst: *mut u8, src: *mut u8, len: usize) {
+    // SAFETY: as in `copy_from_shared` and `zero_shared`, with `src + i` the aligned side.
+    unsafe {
+        for_each_block(
+            src,
+            len,
+            |i| {
+                dst.add(i).write(src.add(i).read_volatile());
+                src.add(i).write_volatile(0);
+            },
+            |i| {
+                let at = src.add(i).cast::<u64>();
+                let v = at.read_volatile();
+                at.write_volatile(0);
+                dst.add(i).cast::<u64>().write_unaligned(v)
+            },
+        )
+    }
+}
+
 /// Volatile zeroing, which the compiler cannot elide.
 ///
 /// # Safety
@@ -378,15 +404,18 @@ impl<'p> Bounce<'p> {
         unsafe { self.cpu.as_ptr().add(off as usize) }
     }
 
-    /// Zeroes (unless skipped) and frees an allocation the caller owns.
-    fn release_slots(&self, addr: u64, len: usize) -> Result<(), DmaError> {
+    /// Zeroes (unless skipped) and frees an allocation the caller owns. The first `zeroed`
+    /// bytes were zeroed already (by [`move_from_shared`]).
+    fn release_slots(&self, addr: u64, len: usize, zeroed: usize) -> Result<(), DmaError> {
         let a = self.pool.lock().lookup(addr, len)?;
         let bytes = a.slots * self.pool.lock().slot_size() as usize;
         if self.debug_skip_zeroing() {
             self.unzeroed_releases.fetch_add(1, Ordering::Relaxed);
         } else {
-            // SAFETY: the slots are a live allocation of the caller's, inside the pool.
-            unsafe { zero_shared(self.cpu_at(addr), bytes) };
+            let zeroed = zeroed.min(bytes);
+            // SAFETY: the slots are a live allocation of the caller's, inside the pool, and
+            // `zeroed` lies within them.
+            unsafe { zero_shared(self.cpu_at(addr).add(zeroed), bytes - zeroed) };
             self.zeroed_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
         }
         self.pool.lock().free(addr, len).map(|_| ())
@@ -473,7 +502,7 @@ impl Dma for Bounce<'_> {
         if a.slot != region.cookie() || region.cpu_ptr().as_ptr() != self.cpu_at(addr) {
             return Err(DmaError::UnknownHandle);
         }
-        self.release_slots(addr, region.len())?;
+        self.release_slots(addr, region.len(), 0)?;
         self.counters.count_free_shared(region.len());
         Ok(())
     }
@@ -500,15 +529,23 @@ impl Dma for Bounce<'_> {
         self.check_mapping(&mapping)?;
         let addr = mapping.device_addr().as_u64();
         let len = mapping.len();
+        let mut zeroed = 0;
         if mapping.direction().device_writes() {
-            // SAFETY: the buffer is writable for `len` bytes until unmap returns (map's
-            // contract); the slots are this mapping's.
-            unsafe { copy_from_shared(mapping.cpu_ptr().as_ptr(), self.cpu_at(addr), len) };
+            let (dst, slot) = (mapping.cpu_ptr().as_ptr(), self.cpu_at(addr));
+            if self.debug_skip_zeroing() {
+                // SAFETY: the buffer is writable for `len` bytes until unmap returns (map's
+                // contract); the slots are this mapping's.
+                unsafe { copy_from_shared(dst, slot, len) };
+            } else {
+                // SAFETY: as above; the slots stay the pool's (writable) until released.
+                unsafe { move_from_shared(dst, slot, len) };
+                zeroed = len;
+            }
             self.counters
                 .bounced_from_device
                 .fetch_add(len as u64, Ordering::Relaxed);
         }
-        self.release_slots(addr, len)?;
+        self.release_slots(addr, len, zeroed)?;
         self.counters.unmaps.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }

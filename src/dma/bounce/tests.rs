@@ -438,6 +438,31 @@ fn alloc_shared_zeroes_what_a_device_scribbled() {
     unsafe { b.free_shared(r) }.unwrap();
 }
 
+/// A device that writes a whole slot where it was given a short from-device mapping: the
+/// payload comes back, and on release the whole slot is zero, not just the mapped bytes.
+#[test]
+fn a_short_from_device_mapping_leaves_its_whole_slot_zero() {
+    let ram = Ram::new(64 << 10, 4096);
+    let p = Emulated::new(PAGE_4K);
+    let b = bounce(&p, &ram);
+    let mut buf = vec![0u8; 100];
+    // SAFETY: the buffer outlives the mapping.
+    let m = unsafe {
+        b.map(
+            NonNull::from(&mut buf[..]),
+            Direction::FromDevice,
+            &DmaConstraints::NONE,
+        )
+    }
+    .unwrap();
+    DEV.write(m.device_addr(), &vec![0x77; 2048]);
+    // SAFETY: the device is done.
+    unsafe { b.unmap(m) }.unwrap();
+    assert_eq!(buf, vec![0x77; 100]);
+    assert!(ram.dump().iter().all(|&x| x == 0), "the slot is zero again");
+    assert_eq!(b.bounce_stats().zeroed_bytes, 2048);
+}
+
 #[test]
 fn foreign_and_forged_handles_are_refused() {
     let ram = Ram::new(64 << 10, 4096);
@@ -753,6 +778,24 @@ fn copy_and_zero_helpers_are_exact_at_any_alignment() {
                         .iter()
                         .chain(&back[po + len..])
                         .all(|&b| b == 0x5a)
+                );
+                // The fused copy out and zeroing: the same bytes back, the slot range zero.
+                let mut moved = vec![0x5au8; len + 2 * GUARD];
+                let mut slot2 = slot.clone();
+                // SAFETY: inside the vectors.
+                unsafe {
+                    move_from_shared(moved.as_mut_ptr().add(po), slot2.as_mut_ptr().add(so), len)
+                };
+                assert_eq!(moved, back, "move {len} {so} {po}");
+                assert!(
+                    slot2[so..so + len].iter().all(|&b| b == 0),
+                    "move zero {len} {so}"
+                );
+                assert!(
+                    slot2[..so]
+                        .iter()
+                        .chain(&slot2[so + len..])
+                        .all(|&b| b == 0xa5)
                 );
                 // SAFETY: inside the vector.
                 unsafe { zero_shared(slot.as_mut_ptr().add(so), len) };
