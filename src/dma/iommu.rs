@@ -929,5 +929,45 @@ impl IommuDomains for NoDomains {
     }
 }
 
+/// The [`IommuDma`] of a domain that serves one device from IOVA `base` (an x86 IOMMU domain:
+/// virtio-iommu, VT-d): every request mapped on its own when the device uses private memory
+/// (`iommu`), or the whole shared pool mapped once at `base` (`iommu+bounce`). `private_len`
+/// and `unmap_early` are the test-only negative controls for the host's IOMMU trace oracle
+/// (`sg.debug.map_private`: a private page, guest-physical 0, mapped right after the pool;
+/// `sg.debug.unmap_early`).
+pub fn per_device_dma(
+    backend: Box<dyn IommuBackend>,
+    mut info: DomainInfo,
+    target: &super::tce::Target<'static>,
+    base: u64,
+    private_len: u64,
+    unmap_early: bool,
+) -> Result<IommuDma<'static>, DmaError> {
+    match *target {
+        super::tce::Target::Direct { .. } => {
+            info.mapping = "per-map";
+            let mut dma = IommuDma::dynamic(backend, info)?;
+            dma.set_debug_unmap_early(unmap_early);
+            Ok(dma)
+        }
+        super::tce::Target::Pool { bounce, phys, size } => {
+            info.mapping = "pool";
+            let dma = IommuDma::window(
+                "iommu+bounce",
+                backend,
+                bounce,
+                base.wrapping_sub(phys),
+                info,
+            );
+            dma.map_fixed(base, phys, size, Perm::RW)?;
+            if private_len > 0 {
+                dma.map_fixed(base + size, 0, private_len, Perm::READ)?;
+            }
+            dma.end_setup();
+            Ok(dma)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests;

@@ -22,7 +22,7 @@ use crate::dma::DmaError;
 use crate::dma::aperture::{self, X86_INTERRUPT_RANGE};
 use crate::dma::iommu::{
     CallCount, DomainInfo, DomainSetup, IOVA_PAGES_MAX, IommuBackend, IommuDebug, IommuDma,
-    MAX_CALL_KINDS, Perm,
+    MAX_CALL_KINDS, Perm, per_device_dma,
 };
 use crate::dma::tce::Target;
 use crate::virtio::iommu::{
@@ -255,7 +255,7 @@ impl<T: Transport + ?Sized + Send + 'static, C: Clock + Send + 'static> ViommuSe
                 CallCount::default(),
             ],
         });
-        let mut info = DomainInfo {
+        let info = DomainInfo {
             backend: "virtio-iommu",
             mode: "dynamic",
             mode_reason: "one domain per endpoint, attached on first use",
@@ -265,32 +265,16 @@ impl<T: Transport + ?Sized + Send + 'static, C: Clock + Send + 'static> ViommuSe
             setup_calls,
             ..DomainInfo::default()
         };
-        match self.target {
-            Target::Direct { .. } => {
-                info.mapping = "per-map";
-                let mut dma = IommuDma::dynamic(backend, info)?;
-                dma.set_debug_unmap_early(self.debug.unmap_early);
-                Ok(dma)
-            }
-            Target::Pool { bounce, phys, size } => {
-                info.mapping = "pool";
-                let dma = IommuDma::window(
-                    "iommu+bounce",
-                    backend,
-                    bounce,
-                    base.wrapping_sub(phys),
-                    info,
-                );
-                dma.map_fixed(base, phys, size, Perm::RW)?;
-                if private_len > 0 {
-                    // Test only: a private page (guest-physical 0) for the device, right after
-                    // the pool; the host's IOMMU trace oracle must fail.
-                    dma.map_fixed(base + size, 0, private_len, Perm::READ)?;
-                }
-                dma.end_setup();
-                Ok(dma)
-            }
-        }
+        // A private page after the pool (test only, sg.debug.map_private): the host's IOMMU
+        // trace oracle must fail.
+        per_device_dma(
+            backend,
+            info,
+            &self.target,
+            base,
+            private_len,
+            self.debug.unmap_early,
+        )
     }
 }
 

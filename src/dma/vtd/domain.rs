@@ -24,6 +24,7 @@ use crate::dma::DmaError;
 use crate::dma::aperture::{self, X86_INTERRUPT_RANGE};
 use crate::dma::iommu::{
     CallCount, DomainInfo, DomainSetup, IommuBackend, IommuDebug, IommuDma, MAX_CALL_KINDS, Perm,
+    per_device_dma,
 };
 use crate::dma::tce::Target;
 use crate::virtio::regs::Registers;
@@ -241,7 +242,7 @@ impl<R: Registers + Send + 'static, C: Clock + Send + 'static> VtdSetup<R, C> {
             page_sizes,
             kinds,
         });
-        let mut info = DomainInfo {
+        let info = DomainInfo {
             backend: "vt-d",
             mode: "dynamic",
             mode_reason: "one domain per PCI function: a context entry and second-level table",
@@ -250,32 +251,16 @@ impl<R: Registers + Send + 'static, C: Clock + Send + 'static> VtdSetup<R, C> {
             window_size: size,
             ..DomainInfo::default()
         };
-        let dma = match self.target {
-            Target::Direct { .. } => {
-                info.mapping = "per-map";
-                let mut dma = IommuDma::dynamic(backend, info)?;
-                dma.set_debug_unmap_early(self.debug.unmap_early);
-                dma
-            }
-            Target::Pool { bounce, phys, size } => {
-                info.mapping = "pool";
-                let dma = IommuDma::window(
-                    "iommu+bounce",
-                    backend,
-                    bounce,
-                    base.wrapping_sub(phys),
-                    info,
-                );
-                dma.map_fixed(base, phys, size, Perm::RW)?;
-                if private_len > 0 {
-                    // Test only: a private page (guest-physical 0) for the device, right after
-                    // the pool. The trace shows it only when the device reaches it.
-                    dma.map_fixed(base + size, 0, private_len, Perm::READ)?;
-                }
-                dma.end_setup();
-                dma
-            }
-        };
+        // A private page after the pool (test only, sg.debug.map_private): the trace shows it
+        // only when the device reaches it.
+        let dma = per_device_dma(
+            backend,
+            info,
+            &self.target,
+            base,
+            private_len,
+            self.debug.unmap_early,
+        )?;
         for &(lo, hi) in &self.rmrrs {
             let (start, end) = (lo & !0xfff, (hi | 0xfff).saturating_add(1));
             dma.map_fixed(start, start, end - start, Perm::RW)?;
