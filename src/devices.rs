@@ -246,7 +246,7 @@ pub fn iommu_fields(j: &mut crate::report::Json<'_>, info: &DomainInfo, s: &Iomm
         j.key(k);
         j.hex(v);
     }
-    for (k, v) in [
+    j.u64_fields(&[
         ("window_size", info.window_size),
         ("page_size", info.page_size),
         ("setup_calls", info.setup_calls),
@@ -259,10 +259,7 @@ pub fn iommu_fields(j: &mut crate::report::Json<'_>, info: &DomainInfo, s: &Iomm
         ("exhausted", s.exhausted),
         ("pages", s.pages),
         ("pages_peak", s.pages_peak),
-    ] {
-        j.key(k);
-        j.u64(v);
-    }
+    ]);
     j.key("calls_by_kind");
     j.begin_object();
     for k in s.kinds.iter().filter(|k| !k.name.is_empty()) {

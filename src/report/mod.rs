@@ -291,6 +291,14 @@ impl Json<'_> {
     pub fn u64(&mut self, v: u64) {
         self.put(Value::U64(v));
     }
+    /// `"key":number` pairs inside the current object.
+    #[inline(never)]
+    pub fn u64_fields(&mut self, fields: &[(&str, u64)]) {
+        for &(k, v) in fields {
+            self.key(k);
+            self.u64(v);
+        }
+    }
     #[inline(never)]
     pub fn hex(&mut self, v: u64) {
         self.put(Value::Hex(v));

@@ -399,17 +399,14 @@ pub fn iommu_finish() {
                 .str("invalidation", "register")
                 .json("commands", |j| {
                     j.begin_object();
-                    for (k, n) in [
+                    j.u64_fields(&[
                         ("context", c.context_invalidations),
                         ("iotlb_global", c.iotlb_global),
                         ("iotlb_domain", c.iotlb_domain),
                         ("iotlb_page", c.iotlb_page),
                         ("iotlb_page_pages", c.iotlb_page_pages),
                         ("write_buffer", c.write_buffer_flushes),
-                    ] {
-                        j.key(k);
-                        j.u64(n);
-                    }
+                    ]);
                     j.end_object();
                 })
                 .u64("commands_total", c.commands())
@@ -485,17 +482,14 @@ pub fn iommu_finish() {
                 .u64("bypass", config.bypass.into())
                 .json("requests", |j| {
                     j.begin_object();
-                    for (k, n) in [
+                    j.u64_fields(&[
                         ("attach", counts.attach),
                         ("detach", counts.detach),
                         ("map", counts.map),
                         ("unmap", counts.unmap),
                         ("probe", counts.probe),
                         ("failed", counts.failed),
-                    ] {
-                        j.key(k);
-                        j.u64(n);
-                    }
+                    ]);
                     j.end_object();
                 })
                 .u64("requests_total", counts.requests())
