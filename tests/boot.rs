@@ -266,6 +266,21 @@ mod pseries_vof {
     fn memory_4g() {
         check_machine(PSERIES_VOF, "4G", 1);
     }
+    /// Loaded somewhere other than QEMU's default 4 MiB (an address no linker would pick): the
+    /// self-relocation (packed .relr.dyn) must fix every pointer, or the trait objects and
+    /// tables of the whole run would point into the void.
+    #[test]
+    fn runs_where_it_is_loaded() {
+        let mut c = config(PSERIES_VOF);
+        c.extra_args = vec!["-machine".into(), "kernel-addr=0x2340000".into()];
+        let r = boot(&c);
+        assert!(r.passed(), "{r}");
+        assert_eq!(
+            r.boot().expect("a boot record").load_addr.0,
+            0x234_0000,
+            "{r}"
+        );
+    }
 }
 
 /// SLOF costs seconds of TCG per boot: only what depends on the firmware (the device tree it

@@ -48,6 +48,45 @@ _start:
     b .Lsg_reloc
 .Lsg_reloc_done:
 
+    # Apply .relr.dyn (SHT_RELR): an even entry is the offset of a word to relocate, and
+    # starts a run; an odd entry is a bitmap for the 63 words after the run's cursor (bit
+    # n+1 set: relocate word n), and moves the cursor on by 63 words. Relocating a word
+    # adds the load base to the address the linker stored in it.
+    addis 6, 31, (__sg_relr_start - .Lsg_pc)@ha
+    addi 6, 6, (__sg_relr_start - .Lsg_pc)@l
+    addis 7, 31, (__sg_relr_end - .Lsg_pc)@ha
+    addi 7, 7, (__sg_relr_end - .Lsg_pc)@l
+    li 11, 0                        # r11 = cursor (image offset of the next word)
+.Lsg_relr:
+    cmpld 6, 7
+    bge .Lsg_relr_done
+    ld 8, 0(6)
+    addi 6, 6, 8
+    andi. 9, 8, 1
+    bne .Lsg_relr_bitmap
+    ldx 10, 8, 29                   # address entry: relocate the word at r8
+    add 10, 10, 29
+    stdx 10, 8, 29
+    addi 11, 8, 8
+    b .Lsg_relr
+.Lsg_relr_bitmap:
+    mr 12, 11                       # r12 = word for bit 1
+.Lsg_relr_bit:
+    srdi. 8, 8, 1
+    beq .Lsg_relr_bitmap_done
+    andi. 9, 8, 1
+    beq .Lsg_relr_next
+    ldx 10, 12, 29
+    add 10, 10, 29
+    stdx 10, 12, 29
+.Lsg_relr_next:
+    addi 12, 12, 8
+    b .Lsg_relr_bit
+.Lsg_relr_bitmap_done:
+    addi 11, 11, 63 * 8
+    b .Lsg_relr
+.Lsg_relr_done:
+
     # Clear BSS (stacks included). The linker script aligns both ends to 4 KiB, so it is a
     # whole number of 128-byte blocks; one counted loop of 16 stores per block keeps the
     # work under TCG to one translated-block run per 128 bytes.

@@ -4,7 +4,7 @@
 //! 1. boot/ppc64/entry.S: the firmware enters the first byte of the image big-endian (VOF
 //!    also in 32-bit mode) with r5 = the Open Firmware client interface. The endian trampoline
 //!    switches to little-endian 64-bit mode with FP/VMX/VSX on and EE off, the image relocates
-//!    itself (R_PPC64_RELATIVE), clears BSS, takes its stack and calls [`sg_ppc64_start`].
+//!    itself (.relr.dyn, and any R_PPC64_RELATIVE left in .rela.dyn), clears BSS, takes its stack and calls [`sg_ppc64_start`].
 //! 2. Through the client interface (of.rs): the console (/chosen stdout-path, an hvterm),
 //!    the command line, the RTAS power-off token, which firmware this is, and the whole tree
 //!    flattened into an FDT in BSS (flatten.rs), picking up memory, CPUs and the timebase.
