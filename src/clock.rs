@@ -41,7 +41,7 @@ pub fn tsc_hz_from_timer(
         }
         *rate = done?;
     }
-    rates.sort_unstable();
+    crate::small_sort::sort_by(&mut rates, |a, b| a < b);
     Some(rates[1])
 }
 

@@ -19,4 +19,5 @@ pub mod memmap;
 pub mod pattern;
 pub mod platform;
 pub mod report;
+pub mod small_sort;
 pub mod virtio;

@@ -239,7 +239,8 @@ pub fn assign_bars<C: PciConfigAccess + ?Sized>(
         .flat_map(|(i, a)| a.bars.iter().flatten().map(move |b| (i, *b)))
         .filter(|(_, b)| bar_cpu_address(windows, b).is_none())
         .collect();
-    todo.sort_by(|x, y| y.1.size.cmp(&x.1.size).then(x.0.cmp(&y.0)));
+    // Stable: equal sizes stay in function order.
+    crate::small_sort::sort_by(&mut todo, |x, y| x.1.size > y.1.size);
     for (i, bar) in todo {
         let a = &mut out[i];
         match alloc.alloc(&bar) {
@@ -266,7 +267,7 @@ pub fn assign_bars<C: PciConfigAccess + ?Sized>(
         }
     }
     for a in &mut out {
-        a.programmed.sort_unstable();
+        crate::small_sort::sort_by(&mut a.programmed, |x, y| x < y);
     }
     out
 }
