@@ -19,6 +19,7 @@ use core::cell::UnsafeCell;
 use core::sync::atomic::{AtomicU64, Ordering};
 use secure_guest::acpi::{self, AddressSpace, PowerOff};
 use secure_guest::bootinfo::{BootInfo, Firmware};
+use secure_guest::clock::Overlapped;
 use secure_guest::devtree::DeviceTree;
 use secure_guest::memmap::{MemoryMap, RegionKind};
 use secure_guest::platform::decide::{Choice, Facts};
@@ -186,41 +187,65 @@ fn read_u64(p: u64) -> u64 {
     unsafe { core::ptr::read_unaligned(p as *const u64) }
 }
 
-/// TSC ticks per second, and how we know. CPUID leaf 0x15 (crystal ratio) is exact where
-/// offered; the hypervisor timing leaf 0x40000010 (KVM with invtsc, VMware) is exact too;
-/// otherwise the TSC is counted against the PIT, whose 1.193182 MHz input is fixed, over three
-/// 1 ms windows (`secure_guest::clock`: a busy host that pauses the vCPU in one of them cannot
-/// skew the result).
-fn tsc_hz() -> (Option<u64>, &'static str) {
+/// TSC ticks per second from CPUID, when it says: leaf 0x15 (crystal ratio) is exact where
+/// offered, and so is the hypervisor timing leaf 0x40000010 (KVM with invtsc, VMware).
+fn tsc_hz_from_cpuid() -> Option<(u64, &'static str)> {
     let max = io::cpuid(0, 0)[0];
     if max >= 0x15 {
         let [den, num, crystal, _] = io::cpuid(0x15, 0);
         if den != 0 && num != 0 && crystal != 0 {
-            return (Some(crystal as u64 * num as u64 / den as u64), "cpuid-15h");
+            return Some((crystal as u64 * num as u64 / den as u64, "cpuid-15h"));
         }
     }
     let hv_max = io::cpuid(0x4000_0000, 0)[0];
     if (0x4000_0010..0x4001_0000).contains(&hv_max) {
         let khz = io::cpuid(0x4000_0010, 0)[0];
         if khz != 0 {
-            return (Some(khz as u64 * 1000), "hypervisor-cpuid");
+            return Some((khz as u64 * 1000, "hypervisor-cpuid"));
         }
     }
-    // PIT channel 0 (its gate is always on, unlike channel 2 whose gate is port 0x61, which
-    // microvm does not have), mode 2, count 0 (65536: the count wraps as a u16 does), read back
-    // with latch commands. Interrupts are off, so IRQ0 goes nowhere.
-    let read_count = || {
-        io::outb(0x43, 0x00); // latch channel 0
-        let lo = io::inb(0x40) as u16;
-        let hi = io::inb(0x40) as u16;
-        hi << 8 | lo
-    };
-    io::outb(0x43, 0x34); // channel 0, lobyte/hibyte, mode 2
-    io::outb(0x40, 0x00);
-    io::outb(0x40, 0x00);
-    match secure_guest::clock::tsc_hz_from_timer(read_count, io::rdtsc) {
-        Some(hz) => (Some(hz), "pit"),
-        None => (None, "none"),
+    None
+}
+
+/// PIT channel 0, latched and read back (its gate is always on, unlike channel 2 whose gate is
+/// port 0x61, which microvm does not have).
+fn read_pit() -> u16 {
+    io::outb(0x43, 0x00); // latch channel 0
+    let lo = io::inb(0x40) as u16;
+    let hi = io::inb(0x40) as u16;
+    hi << 8 | lo
+}
+
+/// How the TSC rate will be known: from CPUID at once, or by counting the TSC against the PIT
+/// over a window that opens here and closes in [`TscRate::finish`], so that the boot work in
+/// between is the wait (`secure_guest::clock::Overlapped`, with its checks and its fallback to
+/// three 1 ms windows).
+enum TscRate {
+    Known(u64, &'static str),
+    Counting(Overlapped),
+}
+
+impl TscRate {
+    fn start() -> Self {
+        if let Some((hz, source)) = tsc_hz_from_cpuid() {
+            return TscRate::Known(hz, source);
+        }
+        // Mode 2, count 0 (65536: the count wraps as a u16 does). Interrupts are off, so IRQ0
+        // goes nowhere.
+        io::outb(0x43, 0x34); // channel 0, lobyte/hibyte, mode 2
+        io::outb(0x40, 0x00);
+        io::outb(0x40, 0x00);
+        TscRate::Counting(Overlapped::start(read_pit, io::rdtsc))
+    }
+
+    fn finish(self) -> (Option<u64>, &'static str) {
+        match self {
+            TscRate::Known(hz, source) => (Some(hz), source),
+            TscRate::Counting(w) => match w.finish(read_pit, io::rdtsc) {
+                Some(hz) => (Some(hz), "pit"),
+                None => (None, "none"),
+            },
+        }
     }
 }
 
@@ -311,6 +336,7 @@ fn read_fdt(f: &fwcfg::FwCfg) -> Option<&'static [u8]> {
 extern "C" fn x86_64_rust_entry(start_info: u64, entry_tsc: u64) -> ! {
     let console_ok = serial::init();
     exceptions::init();
+    let tsc_rate = TscRate::start();
 
     // SAFETY: linker-defined symbols; only their addresses are used.
     let (image_start, image_end) = unsafe {
@@ -410,7 +436,7 @@ extern "C" fn x86_64_rust_entry(start_info: u64, entry_tsc: u64) -> ! {
     // SAFETY: single-threaded boot, before anything reads it (see `acpi_read_boot`).
     unsafe { *E820.0.get() = (e820, e820_len) };
     POWER_OFF.call_once(|| find_power_off(rsdp, &e820[..e820_len]));
-    let (tick_hz, tick_source) = tsc_hz();
+    let (tick_hz, tick_source) = tsc_rate.finish();
     TSC_HZ.store(tick_hz.unwrap_or(0), Ordering::Relaxed);
 
     crate::boot_main(BootInfo {
