@@ -18,7 +18,9 @@
 //!   of three (TSC, timer, TSC) brackets, and the brackets must be under 1% of the window;
 //! - a window longer than the timer's period (a pause of 55 ms or more), whose count wrapped:
 //!   that makes the rate at least twice too high, so a short [`CHECK_TICKS`] window must agree
-//!   with it within 2%.
+//!   with it within 25%. That is loose on purpose: the check only has to tell 2x from 1x, and
+//!   its own window is rough (under TCG the first run of its code delays its first TSC read by
+//!   the translation, ~2% of 0.5 ms).
 //!
 //! When either check fails, the three windows run as before.
 
@@ -102,7 +104,7 @@ impl Overlapped {
         let overlapped = self.rate(&mut read_timer, &mut read_tsc);
         let check = window_rate(&mut read_timer, &mut read_tsc, CHECK_TICKS);
         match (overlapped, check) {
-            (Some(r), Some(c)) if r.abs_diff(c).saturating_mul(50) <= c => Some(r),
+            (Some(r), Some(c)) if r.abs_diff(c).saturating_mul(4) <= c => Some(r),
             _ => tsc_hz_from_timer(read_timer, read_tsc),
         }
     }
