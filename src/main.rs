@@ -533,18 +533,17 @@ fn report_devtree(t: &DeviceTree, source: &str) {
                 j.key("path");
                 j.str(&f.path);
                 j.key("bdf");
-                j.str(&alloc::format!(
-                    "{:02x}:{:02x}.{}",
-                    f.bus,
-                    f.device,
-                    f.function
-                ));
+                j.str(
+                    &secure_guest::virtio::pci::PciAddress::new(f.bus, f.device, f.function).bdf(),
+                );
                 j.key("vendor");
                 j.hex(f.vendor_id as u64);
                 j.key("device");
                 j.hex(f.device_id as u64);
                 j.key("class");
-                j.str(&alloc::format!("{:#08x}", f.class));
+                let mut class = alloc::string::String::from("0x");
+                secure_guest::report::push_hex(&mut class, f.class.into(), 6);
+                j.str(&class);
                 j.key("virtio");
                 j.bool(f.is_virtio());
                 j.end_object();

@@ -72,9 +72,22 @@ impl PciAddress {
     }
 }
 
+impl PciAddress {
+    /// "bb:dd.f", as lspci writes it (without `core::fmt`: see [`crate::report::push_hex`]).
+    pub fn bdf(self) -> String {
+        let mut s = String::with_capacity(7);
+        crate::report::push_hex(&mut s, self.bus.into(), 2);
+        s.push(':');
+        crate::report::push_hex(&mut s, self.device.into(), 2);
+        s.push('.');
+        crate::report::push_hex(&mut s, self.function.into(), 1);
+        s
+    }
+}
+
 impl fmt::Display for PciAddress {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:02x}:{:02x}.{}", self.bus, self.device, self.function)
+        f.write_str(&self.bdf())
     }
 }
 

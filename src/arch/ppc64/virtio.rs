@@ -30,10 +30,10 @@ pub fn fdt_blob() -> Option<&'static [u8]> {
 /// "00:02.0" on the first PHB; "pci@800000020000001/00:02.0" on the others.
 fn location(phb_index: usize, phb_path: &str, at: PciAddress) -> String {
     if phb_index == 0 {
-        format!("{at}")
+        at.bdf()
     } else {
         let name = phb_path.rsplit('/').next().unwrap_or(phb_path);
-        format!("{name}/{at}")
+        String::from(name) + "/" + &at.bdf()
     }
 }
 
@@ -77,7 +77,7 @@ pub fn virtio_devices_with(
         .and_then(|r| Some((r.ibm_read_pci_config?, r.ibm_write_pci_config?)));
     let blob = fdt_blob();
     for (index, host) in tree.pci_hosts.iter().enumerate() {
-        let prefix = format!("{}/", host.path);
+        let prefix = host.path.clone() + "/";
         let functions: Vec<&PciFunction> = tree
             .pci_functions
             .iter()

@@ -82,7 +82,7 @@ fn bdf(f: &PciFunction) -> u16 {
 }
 
 fn bdf_str(b: u16) -> String {
-    format!("{:02x}:{:02x}.{}", b >> 8, (b >> 3) & 0x1f, b & 7)
+    PciAddress::new((b >> 8) as u8, (b >> 3) as u8, b as u8).bdf()
 }
 
 /// The domain index of PCI function (bus, device, function), if it sits behind the IOMMU.

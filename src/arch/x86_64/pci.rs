@@ -4,7 +4,6 @@
 
 use super::io::{inl, outl};
 use super::port;
-use alloc::format;
 use alloc::string::String;
 use secure_guest::devtree::{DeviceTree, PciFunction, PciHostNode};
 use secure_guest::virtio::pci::{PciAddress, PciConfigAccess};
@@ -106,7 +105,7 @@ fn scan_bus(tree: &mut DeviceTree, bus: u8, seen: &mut [bool; 256]) {
             }
             let class = read32(bus, dev, func, 0x08) >> 8;
             tree.pci_functions.push(PciFunction {
-                path: format!("pci@{bus:02x}:{dev:02x}.{func}"),
+                path: String::from("pci@") + &PciAddress::new(bus, dev, func).bdf(),
                 bus,
                 device: dev,
                 function: func,

@@ -140,11 +140,11 @@ pub fn virtio_devices_with(
         let at = PciAddress::new(f.bus, f.device, f.function);
         match pci::probe(&mut PortConfig, &mut X86Bars, at, options) {
             Ok(t) => found.push(FoundDevice {
-                location: format!("{at}"),
+                location: at.bdf(),
                 transport: t.into_transport(),
                 iommu: super::iommu::domain_index(f.bus, f.device, f.function),
             }),
-            Err(e) => skipped.push((format!("{at}"), format!("{e}"))),
+            Err(e) => skipped.push((at.bdf(), format!("{e}"))),
         }
     }
     (found, skipped)
