@@ -226,7 +226,7 @@ fn full_init_with_queues_and_traffic() {
 
         // One request through the transmit queue, as a driver would do it.
         let tx = &mut queues[1];
-        let mut dev = AnyDevice::for_queue(tx);
+        let mut dev = RingSide::for_queue(tx);
         let mut payload = *b"ping";
         // SAFETY: `payload` outlives the mapping and is not touched until unmap.
         let m = unsafe {
