@@ -18,116 +18,12 @@ use alloc::vec::Vec;
 use core::any::Any;
 use core::cell::RefCell;
 use core::ops::Deref;
-use core::ptr::NonNull;
 
 use super::features::{DeviceType, common};
 use super::queue::RingFormat;
-use super::ringside::{
-    DeviceRequest, F_WRITE, RingSide, close_window, close_windows_in, open_window,
-};
+use super::ringside::{DeviceRequest, F_WRITE, RingSide};
 use super::transport::{DeviceStatus, InterruptStatus, QueueAddresses, Transport, TransportError};
 use super::wait::Clock;
-use crate::dma::{
-    DeviceAddr, Direct, Direction, Dma, DmaConstraints, DmaError, DmaStats, Mapping, SharedRegion,
-};
-
-/// A translating [`Dma`] for tests: memory comes from the heap (through [`Direct`]), but the
-/// device sees it at low addresses unrelated to the CPU's (as behind an IOMMU). Legacy queues
-/// need addresses below 2^44, which a host heap does not have, and a driver that computed a
-/// device address itself would hand the fake device an address that no window covers.
-pub(crate) struct LowDma {
-    inner: Direct,
-    next: spin::Mutex<u64>,
-}
-
-/// Where [`LowDma`] starts handing out device addresses.
-const LOW_BASE: u64 = 0x1000_0000;
-
-impl LowDma {
-    pub fn new() -> Self {
-        LowDma {
-            inner: Direct::new(),
-            next: spin::Mutex::new(LOW_BASE),
-        }
-    }
-
-    fn window(&self, cpu: NonNull<u8>, len: usize) -> DeviceAddr {
-        let mut next = self.next.lock();
-        let dev = *next;
-        *next = (dev + len as u64).next_multiple_of(4096);
-        open_window(dev, cpu.as_ptr().expose_provenance(), len);
-        DeviceAddr::new(dev)
-    }
-
-    fn close(dev: DeviceAddr) {
-        close_window(dev.as_u64());
-    }
-}
-
-impl Drop for LowDma {
-    fn drop(&mut self) {
-        close_windows_in(LOW_BASE..*self.next.lock());
-    }
-}
-
-impl Dma for LowDma {
-    fn name(&self) -> &'static str {
-        "low"
-    }
-    fn alloc_shared(
-        &self,
-        size: usize,
-        align: usize,
-        constraints: &DmaConstraints,
-    ) -> Result<SharedRegion, DmaError> {
-        let r = self
-            .inner
-            .alloc_shared(size, align, &DmaConstraints::NONE)?;
-        let dev = self.window(r.cpu_ptr(), size);
-        constraints.check(dev, size)?;
-        // SAFETY: the memory of `r`, now reached by the device at `dev`.
-        Ok(unsafe { SharedRegion::new(r.cpu_ptr(), dev, size, r.align(), 0) })
-    }
-    unsafe fn free_shared(&self, region: SharedRegion) -> Result<(), DmaError> {
-        Self::close(region.device_addr());
-        // SAFETY: forwarded contract; `Direct` frees by CPU pointer and layout.
-        unsafe { self.inner.free_shared(region) }
-    }
-    unsafe fn map(
-        &self,
-        buffer: NonNull<[u8]>,
-        direction: Direction,
-        constraints: &DmaConstraints,
-    ) -> Result<Mapping, DmaError> {
-        // SAFETY: forwarded contract.
-        let m = unsafe { self.inner.map(buffer, direction, &DmaConstraints::NONE) }?;
-        let dev = self.window(m.cpu_ptr(), m.len());
-        constraints.check(dev, m.len())?;
-        // SAFETY: the buffer of `m`, reached by the device at `dev`.
-        Ok(unsafe { Mapping::new(dev, m.cpu_ptr(), m.len(), direction, 0) })
-    }
-    unsafe fn unmap(&self, mapping: Mapping) -> Result<(), DmaError> {
-        Self::close(mapping.device_addr());
-        // SAFETY: forwarded contract.
-        unsafe { self.inner.unmap(mapping) }
-    }
-    unsafe fn sync_for_cpu(&self, m: &Mapping, offset: usize, len: usize) -> Result<(), DmaError> {
-        // SAFETY: forwarded contract.
-        unsafe { self.inner.sync_for_cpu(m, offset, len) }
-    }
-    unsafe fn sync_for_device(
-        &self,
-        m: &Mapping,
-        offset: usize,
-        len: usize,
-    ) -> Result<(), DmaError> {
-        // SAFETY: forwarded contract.
-        unsafe { self.inner.sync_for_device(m, offset, len) }
-    }
-    fn stats(&self) -> DmaStats {
-        self.inner.stats()
-    }
-}
 
 /// A request taken from queue `queue` of the fake device.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -13,11 +13,14 @@
 use alloc::vec::Vec;
 use core::cell::RefCell;
 use core::ops::Range;
-use core::sync::atomic::{Ordering, fence};
+use core::ptr::NonNull;
+use core::sync::atomic::{AtomicBool, Ordering, fence};
 
 use super::queue::{RingFormat, Segment, Virtqueue};
 use super::transport::QueueAddresses;
-use crate::dma::DeviceAddr;
+use crate::dma::{
+    DeviceAddr, Direct, Direction, Dma, DmaConstraints, DmaError, DmaStats, Mapping, SharedRegion,
+};
 
 // ---------------------------------------------------------------------------------------------
 // Device memory.
@@ -51,8 +54,117 @@ pub(crate) fn close_window(dev: u64) {
 
 /// Ends every window that starts in `devs` (a translating `Dma` going away with regions or
 /// mappings still open).
-pub(crate) fn close_windows_in(devs: Range<u64>) {
+fn close_windows_in(devs: Range<u64>) {
     WINDOWS.with_borrow_mut(|w| w.retain(|&(d, _, _)| !devs.contains(&d)));
+}
+
+/// A translating [`Dma`] for tests: memory comes from the heap (through [`Direct`]), but the
+/// device sees it at low addresses unrelated to the CPU's (as behind an IOMMU). Legacy queues
+/// need addresses below 2^44, which a host heap does not have, and a driver that computed a
+/// device address itself would hand the fake device an address that no window covers. It can
+/// be told to refuse shared allocations (a DMA path out of ring memory).
+pub(crate) struct LowDma {
+    inner: Direct,
+    next: spin::Mutex<u64>,
+    refuse_shared: AtomicBool,
+}
+
+/// Where [`LowDma`] starts handing out device addresses.
+const LOW_BASE: u64 = 0x1000_0000;
+
+impl LowDma {
+    pub fn new() -> Self {
+        LowDma {
+            inner: Direct::new(),
+            next: spin::Mutex::new(LOW_BASE),
+            refuse_shared: AtomicBool::new(false),
+        }
+    }
+
+    /// From now on `alloc_shared` fails (`true`) or works again (`false`).
+    pub fn refuse_shared(&self, refuse: bool) {
+        self.refuse_shared.store(refuse, Ordering::Relaxed);
+    }
+
+    fn window(&self, cpu: NonNull<u8>, len: usize) -> DeviceAddr {
+        let mut next = self.next.lock();
+        let dev = *next;
+        *next = (dev + len as u64).next_multiple_of(4096);
+        open_window(dev, cpu.as_ptr().expose_provenance(), len);
+        DeviceAddr::new(dev)
+    }
+
+    fn close(dev: DeviceAddr) {
+        close_window(dev.as_u64());
+    }
+}
+
+impl Drop for LowDma {
+    fn drop(&mut self) {
+        close_windows_in(LOW_BASE..*self.next.lock());
+    }
+}
+
+impl Dma for LowDma {
+    fn name(&self) -> &'static str {
+        "low"
+    }
+    fn alloc_shared(
+        &self,
+        size: usize,
+        align: usize,
+        constraints: &DmaConstraints,
+    ) -> Result<SharedRegion, DmaError> {
+        if self.refuse_shared.load(Ordering::Relaxed) {
+            return Err(DmaError::Exhausted { requested: size });
+        }
+        let r = self
+            .inner
+            .alloc_shared(size, align, &DmaConstraints::NONE)?;
+        let dev = self.window(r.cpu_ptr(), size);
+        constraints.check(dev, size)?;
+        // SAFETY: the memory of `r`, now reached by the device at `dev`.
+        Ok(unsafe { SharedRegion::new(r.cpu_ptr(), dev, size, r.align(), 0) })
+    }
+    unsafe fn free_shared(&self, region: SharedRegion) -> Result<(), DmaError> {
+        Self::close(region.device_addr());
+        // SAFETY: forwarded contract; `Direct` frees by CPU pointer and layout.
+        unsafe { self.inner.free_shared(region) }
+    }
+    unsafe fn map(
+        &self,
+        buffer: NonNull<[u8]>,
+        direction: Direction,
+        constraints: &DmaConstraints,
+    ) -> Result<Mapping, DmaError> {
+        // SAFETY: forwarded contract.
+        let m = unsafe { self.inner.map(buffer, direction, &DmaConstraints::NONE) }?;
+        let dev = self.window(m.cpu_ptr(), m.len());
+        constraints.check(dev, m.len())?;
+        // SAFETY: the buffer of `m`, reached by the device at `dev`.
+        Ok(unsafe { Mapping::new(dev, m.cpu_ptr(), m.len(), direction, 0) })
+    }
+    unsafe fn unmap(&self, mapping: Mapping) -> Result<(), DmaError> {
+        Self::close(mapping.device_addr());
+        // SAFETY: forwarded contract.
+        unsafe { self.inner.unmap(mapping) }
+    }
+    unsafe fn sync_for_cpu(&self, m: &Mapping, offset: usize, len: usize) -> Result<(), DmaError> {
+        // SAFETY: forwarded contract.
+        unsafe { self.inner.sync_for_cpu(m, offset, len) }
+    }
+    unsafe fn sync_for_device(
+        &self,
+        m: &Mapping,
+        offset: usize,
+        len: usize,
+    ) -> Result<(), DmaError> {
+        // SAFETY: forwarded contract.
+        unsafe { self.inner.sync_for_device(m, offset, len) }
+    }
+    fn stats(&self) -> DmaStats {
+        self.inner.stats()
+    }
 }
 
 pub(crate) fn rd16(addr: u64) -> u16 {

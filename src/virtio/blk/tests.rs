@@ -9,8 +9,9 @@ use super::*;
 use crate::crc32c::crc32c;
 use crate::dma::{Direct, Dma};
 use crate::virtio::RingFormat;
-use crate::virtio::fakedev::{Bus, Core, LowDma, Model, Req, config_bytes};
+use crate::virtio::fakedev::{Bus, Core, Model, Req, config_bytes};
 use crate::virtio::features::{DeviceType, common};
+use crate::virtio::ringside::LowDma;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Order {

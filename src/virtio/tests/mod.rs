@@ -10,12 +10,11 @@ use alloc::vec;
 use alloc::vec::Vec;
 use core::cell::Cell;
 use core::ptr::NonNull;
-use core::sync::atomic::{AtomicBool, Ordering};
 
 use super::features::DeviceType;
 use super::queue::{QueueConfig, RingFormat, Segment, Virtqueue};
 use super::ringside::{
-    DeviceRequest, F_AVAIL, F_USED, F_WRITE, PackedSide, RingSide, SplitSide, close_window,
+    DeviceRequest, F_AVAIL, F_USED, F_WRITE, LowDma, PackedSide, RingSide, SplitSide, close_window,
     device_read, device_write, open_window, rd16, wr16, wr32,
 };
 use super::transport::{
@@ -94,75 +93,6 @@ const _: () = {
     assert_send::<SharedRegion>();
     assert_send::<Mapping>();
 };
-
-/// A `Dma` that wraps `Direct` and can be told to refuse shared allocations.
-struct FlakyDma {
-    inner: Direct,
-    refuse_shared: AtomicBool,
-}
-
-impl FlakyDma {
-    fn new() -> Self {
-        FlakyDma {
-            inner: Direct::new(),
-            refuse_shared: AtomicBool::new(false),
-        }
-    }
-
-    fn refuse(&self, refuse: bool) {
-        self.refuse_shared.store(refuse, Ordering::Relaxed);
-    }
-}
-
-impl Dma for FlakyDma {
-    fn name(&self) -> &'static str {
-        "flaky"
-    }
-    fn alloc_shared(
-        &self,
-        size: usize,
-        align: usize,
-        constraints: &DmaConstraints,
-    ) -> Result<SharedRegion, DmaError> {
-        if self.refuse_shared.load(Ordering::Relaxed) {
-            return Err(DmaError::Exhausted { requested: size });
-        }
-        self.inner.alloc_shared(size, align, constraints)
-    }
-    unsafe fn free_shared(&self, region: SharedRegion) -> Result<(), DmaError> {
-        // SAFETY: forwarded contract.
-        unsafe { self.inner.free_shared(region) }
-    }
-    unsafe fn map(
-        &self,
-        buffer: NonNull<[u8]>,
-        direction: Direction,
-        constraints: &DmaConstraints,
-    ) -> Result<Mapping, DmaError> {
-        // SAFETY: forwarded contract.
-        unsafe { self.inner.map(buffer, direction, constraints) }
-    }
-    unsafe fn unmap(&self, mapping: Mapping) -> Result<(), DmaError> {
-        // SAFETY: forwarded contract.
-        unsafe { self.inner.unmap(mapping) }
-    }
-    unsafe fn sync_for_cpu(&self, m: &Mapping, offset: usize, len: usize) -> Result<(), DmaError> {
-        // SAFETY: forwarded contract.
-        unsafe { self.inner.sync_for_cpu(m, offset, len) }
-    }
-    unsafe fn sync_for_device(
-        &self,
-        m: &Mapping,
-        offset: usize,
-        len: usize,
-    ) -> Result<(), DmaError> {
-        // SAFETY: forwarded contract.
-        unsafe { self.inner.sync_for_device(m, offset, len) }
-    }
-    fn stats(&self) -> DmaStats {
-        self.inner.stats()
-    }
-}
 
 /// A translating `Dma` for tests: shared regions are carved from one page-aligned arena whose
 /// device addresses start at `ARENA_BASE`, unrelated to its CPU addresses (as behind an IOMMU).

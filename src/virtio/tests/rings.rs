@@ -266,7 +266,7 @@ fn malformed_requests_are_refused() {
 #[test]
 fn indirect_table_failure_falls_back_to_a_chain_or_says_so() {
     for format in FORMATS {
-        let dma = FlakyDma::new();
+        let dma = LowDma::new();
         let mut q = new_queue(
             &dma,
             format,
@@ -277,7 +277,7 @@ fn indirect_table_failure_falls_back_to_a_chain_or_says_so() {
         );
         let mut dev = RingSide::for_queue(&q);
         let bufs = Buffers::new(&dma, 64);
-        dma.refuse(true);
+        dma.refuse_shared(true);
         let segs = [
             bufs.seg(0, 8, false),
             bufs.seg(8, 8, false),
@@ -290,7 +290,7 @@ fn indirect_table_failure_falls_back_to_a_chain_or_says_so() {
         let err = q.add(&segs).unwrap_err();
         assert_eq!(err, AddError::Dma(DmaError::Exhausted { requested: 48 }));
         assert!(err.is_transient());
-        dma.refuse(false);
+        dma.refuse_shared(false);
         q.add(&segs).unwrap();
         let req = take_one(&mut dev);
         assert!(req.indirect);
