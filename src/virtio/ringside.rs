@@ -653,3 +653,131 @@ impl RingSide {
         }
     }
 }
+
+/// The checks on what the driver wrote must fire: rings written by hand, as a broken driver
+/// would write them.
+mod checks {
+    use super::*;
+
+    /// A descriptor as (offset into the test memory, length, flags, next).
+    type Desc = (u64, u32, u16, u16);
+
+    const TABLE: u64 = 1024;
+    const DATA: u64 = 2048;
+
+    /// Takes the one request of a ring of 4 entries whose descriptors are `ring`, with an
+    /// indirect table `table` at offset `TABLE`.
+    fn take(format: RingFormat, ring: &[Desc], table: &[Desc]) -> DeviceRequest {
+        let mut mem = vec![0u64; 512];
+        let base = mem.as_mut_ptr().expose_provenance() as u64;
+        let flags_at = if format == RingFormat::Packed { 14 } else { 12 };
+        let write = |at: u64, (offset, len, flags, next): Desc| {
+            let addr = base + offset;
+            wr32(at, addr as u32);
+            wr32(at + 4, (addr >> 32) as u32);
+            wr32(at + 8, len);
+            wr16(at + flags_at, flags);
+            if format == RingFormat::Split {
+                wr16(at + 14, next);
+            }
+        };
+        for (i, &d) in ring.iter().enumerate() {
+            write(base + 16 * i as u64, d);
+        }
+        for (i, &d) in table.iter().enumerate() {
+            write(base + TABLE + 16 * i as u64, d);
+        }
+        // Split: avail.idx 1, avail.ring[0] = 0.
+        if format == RingFormat::Split {
+            wr16(base + 64 + 2, 1);
+        }
+        let a = QueueAddresses {
+            size: 4,
+            desc: DeviceAddr::new(base),
+            driver: DeviceAddr::new(base + 64),
+            device: DeviceAddr::new(base + 128),
+        };
+        let req = RingSide::new(format, &a, false).take().expect("a request");
+        // The ring memory lives until the device has read it.
+        drop(mem);
+        req
+    }
+
+    #[test]
+    fn a_well_formed_indirect_request_is_read() {
+        let table = [(DATA, 8, F_NEXT, 1), (DATA + 8, 4, F_WRITE, 0)];
+        let r = take(RingFormat::Split, &[(TABLE, 32, F_INDIRECT, 0)], &table);
+        assert!(r.indirect);
+        assert_eq!(
+            (r.descriptors, r.segments.len(), r.writable_len()),
+            (1, 2, 4)
+        );
+        let table = [(DATA, 8, 0, 0), (DATA + 8, 4, F_WRITE, 0)];
+        let r = take(
+            RingFormat::Packed,
+            &[(TABLE, 32, F_INDIRECT | F_AVAIL, 0)],
+            &table,
+        );
+        assert!(r.indirect);
+        assert_eq!(
+            (r.descriptors, r.segments.len(), r.writable_len()),
+            (1, 2, 4)
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "an indirect descriptor has no next")]
+    fn split_indirect_descriptor_with_next() {
+        let ring = [(TABLE, 16, F_INDIRECT | F_NEXT, 1), (DATA, 8, 0, 0)];
+        take(RingFormat::Split, &ring, &[(DATA, 8, 0, 0)]);
+    }
+
+    #[test]
+    #[should_panic(expected = "an indirect descriptor must be alone in its chain")]
+    fn split_indirect_descriptor_after_a_plain_one() {
+        let ring = [(DATA, 8, F_NEXT, 1), (TABLE, 16, F_INDIRECT, 0)];
+        take(RingFormat::Split, &ring, &[(DATA, 8, 0, 0)]);
+    }
+
+    #[test]
+    #[should_panic(expected = "split indirect chain order")]
+    fn split_indirect_table_out_of_order() {
+        let table = [(DATA, 8, F_NEXT, 0), (DATA + 8, 8, 0, 0)];
+        take(RingFormat::Split, &[(TABLE, 32, F_INDIRECT, 0)], &table);
+    }
+
+    #[test]
+    #[should_panic(expected = "nested indirect")]
+    fn split_nested_indirect() {
+        let table = [(DATA, 8, F_NEXT, 1), (TABLE, 32, F_INDIRECT, 0)];
+        take(RingFormat::Split, &[(TABLE, 32, F_INDIRECT, 0)], &table);
+    }
+
+    #[test]
+    #[should_panic(expected = "descriptor chain loops")]
+    fn split_chain_loops() {
+        let ring = [(DATA, 8, F_NEXT, 1), (DATA + 8, 8, F_NEXT, 0)];
+        take(RingFormat::Split, &ring, &[]);
+    }
+
+    #[test]
+    #[should_panic(expected = "an indirect descriptor has no next")]
+    fn packed_indirect_descriptor_with_next() {
+        let ring = [
+            (TABLE, 16, F_INDIRECT | F_NEXT | F_AVAIL, 0),
+            (DATA, 8, F_AVAIL, 0),
+        ];
+        take(RingFormat::Packed, &ring, &[(DATA, 8, 0, 0)]);
+    }
+
+    #[test]
+    #[should_panic(expected = "only WRITE is valid in a packed indirect table")]
+    fn packed_indirect_table_with_next() {
+        let table = [(DATA, 8, F_NEXT, 0), (DATA + 8, 8, 0, 0)];
+        take(
+            RingFormat::Packed,
+            &[(TABLE, 32, F_INDIRECT | F_AVAIL, 0)],
+            &table,
+        );
+    }
+}
