@@ -649,7 +649,7 @@ mod iommu {
         Perm,
     };
     use crate::platform::decide::DmaChoice;
-    use crate::virtio::fakedev::{close_window, open_window};
+    use crate::virtio::ringside::{close_window, open_window};
     use std::sync::{Arc, Mutex};
 
     /// An IOMMU whose mappings the fake devices see (and nothing else).

@@ -91,6 +91,8 @@ pub mod wait;
 #[cfg(test)]
 pub(crate) mod fakedev;
 #[cfg(test)]
+pub(crate) mod ringside;
+#[cfg(test)]
 mod tests;
 
 pub use features::{DeviceType, feature_names};

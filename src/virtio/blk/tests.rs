@@ -9,8 +9,9 @@ use super::*;
 use crate::crc32c::crc32c;
 use crate::dma::{Direct, Dma};
 use crate::virtio::RingFormat;
-use crate::virtio::fakedev::{Bus, Core, LowDma, Model, Req, config_bytes};
+use crate::virtio::fakedev::{Bus, Core, Model, Req, config_bytes};
 use crate::virtio::features::{DeviceType, common};
+use crate::virtio::ringside::LowDma;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Order {
@@ -74,7 +75,7 @@ impl BlkModel {
         let sector = u64::from_le_bytes(header[8..16].try_into().unwrap());
         let offset = sector * 512;
         let wlen = req.writable_len();
-        let data_segments = req.segs.len() - 2;
+        let data_segments = req.segments.len() - 2;
         self.max_data_segments = self.max_data_segments.max(data_segments);
         let (mut status, mut written) = (0u8, 1u32);
         let range = |len: usize| {

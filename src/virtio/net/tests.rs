@@ -8,8 +8,9 @@ use core::any::Any;
 use super::*;
 use crate::dma::{Direct, Dma};
 use crate::virtio::RingFormat;
-use crate::virtio::fakedev::{Bus, Core, LowDma, Model, config_bytes};
+use crate::virtio::fakedev::{Bus, Core, Model, config_bytes};
 use crate::virtio::features::DeviceType;
+use crate::virtio::ringside::LowDma;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Backend {

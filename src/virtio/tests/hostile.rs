@@ -14,10 +14,10 @@ fn assert_broken(q: &mut Virtqueue<'_>, e: RingError, seg: Segment) {
 
 /// Runs `lie` against a fresh split queue (size 8) holding a 1-segment request (head 0) and a
 /// 3-segment chain (head 1, body 2 and 3), each 16 writable bytes per segment.
-fn split_lie(lie: impl FnOnce(&mut SplitDevice, &mut Virtqueue<'_>)) -> RingError {
+fn split_lie(lie: impl FnOnce(&mut SplitSide, &mut Virtqueue<'_>)) -> RingError {
     let dma = Direct::new();
     let mut q = new_queue(&dma, RingFormat::Split, config(8));
-    let AnyDevice::Split(mut dev) = AnyDevice::for_queue(&q) else {
+    let RingSide::Split(mut dev) = RingSide::for_queue(&q) else {
         unreachable!()
     };
     let bufs = Buffers::new(&dma, 256);
@@ -97,7 +97,7 @@ fn split_written_length_beyond_the_writable_bytes() {
 fn split_readable_only_request_cannot_have_written_bytes() {
     let dma = Direct::new();
     let mut q = new_queue(&dma, RingFormat::Split, config(4));
-    let AnyDevice::Split(mut dev) = AnyDevice::for_queue(&q) else {
+    let RingSide::Split(mut dev) = RingSide::for_queue(&q) else {
         unreachable!()
     };
     let bufs = Buffers::new(&dma, 64);
@@ -173,10 +173,10 @@ fn split_entry_rewritten_after_the_index_was_read() {
 
 /// Runs `lie` against a fresh packed queue (size 4) holding a 1-segment request (id 0, slot 0)
 /// and a 2-segment chain (id 1, slots 1 and 2), 16 writable bytes per segment.
-fn packed_lie(lie: impl FnOnce(&mut PackedDevice, &mut Virtqueue<'_>)) -> RingError {
+fn packed_lie(lie: impl FnOnce(&mut PackedSide, &mut Virtqueue<'_>)) -> RingError {
     let dma = Direct::new();
     let mut q = new_queue(&dma, RingFormat::Packed, config(4));
-    let AnyDevice::Packed(mut dev) = AnyDevice::for_queue(&q) else {
+    let RingSide::Packed(mut dev) = RingSide::for_queue(&q) else {
         unreachable!()
     };
     let bufs = Buffers::new(&dma, 256);
@@ -238,7 +238,7 @@ fn packed_length_without_write_flag_is_ignored() {
     // The spec says the length of a used descriptor without WRITE is reserved: it counts as 0.
     let dma = Direct::new();
     let mut q = new_queue(&dma, RingFormat::Packed, config(4));
-    let AnyDevice::Packed(mut dev) = AnyDevice::for_queue(&q) else {
+    let RingSide::Packed(mut dev) = RingSide::for_queue(&q) else {
         unreachable!()
     };
     let bufs = Buffers::new(&dma, 64);
@@ -276,7 +276,7 @@ fn packed_flags_that_disagree_with_the_wrap_counter() {
 fn packed_flags_forged_with_nothing_outstanding() {
     let dma = Direct::new();
     let mut q = new_queue(&dma, RingFormat::Packed, config(2));
-    let AnyDevice::Packed(mut dev) = AnyDevice::for_queue(&q) else {
+    let RingSide::Packed(mut dev) = RingSide::for_queue(&q) else {
         unreachable!()
     };
     let bufs = Buffers::new(&dma, 64);
@@ -303,7 +303,7 @@ fn packed_flags_forged_with_nothing_outstanding() {
     // A "used in this lap" pattern with nothing outstanding names an id that is not.
     let dma = Direct::new();
     let mut q = new_queue(&dma, RingFormat::Packed, config(2));
-    let AnyDevice::Packed(mut dev) = AnyDevice::for_queue(&q) else {
+    let RingSide::Packed(mut dev) = RingSide::for_queue(&q) else {
         unreachable!()
     };
     dev.push_used_raw(1, 0, USED_W1, 0);
@@ -339,7 +339,7 @@ fn fuzz(format: RingFormat, seed: u64, rounds: usize) {
         };
         let mut q = new_queue(&dma, format, cfg);
         let addrs = q.addresses();
-        let mut dev = AnyDevice::for_queue(&q);
+        let mut dev = RingSide::for_queue(&q);
         // Once the device lied about ring state, its own bookkeeping is meaningless.
         let mut honest = true;
         let bufs = Buffers::new(&dma, 1024);
@@ -363,8 +363,8 @@ fn fuzz(format: RingFormat, seed: u64, rounds: usize) {
                 }
                 2 if honest => {
                     if let Some(r) = dev.take() {
-                        let cap = r.writable_capacity();
-                        dev.complete(&r, rng.below(u64::from(cap) + 1) as u32);
+                        let cap = r.writable_len() as u64;
+                        dev.complete(&r, rng.below(cap + 1) as u32);
                     }
                 }
                 2 | 3 => {

@@ -226,7 +226,7 @@ fn full_init_with_queues_and_traffic() {
 
         // One request through the transmit queue, as a driver would do it.
         let tx = &mut queues[1];
-        let mut dev = AnyDevice::for_queue(tx);
+        let mut dev = RingSide::for_queue(tx);
         let mut payload = *b"ping";
         // SAFETY: `payload` outlives the mapping and is not touched until unmap.
         let m = unsafe {
@@ -330,11 +330,11 @@ fn queue_setup_errors() {
     t.queue_live_after_reset = true;
     assert_eq!(run(&mut t, 8), Err(InitError::QueueInUse { queue: 0 }));
     // The DMA path cannot provide ring memory.
-    let flaky = FlakyDma::new();
-    flaky.refuse(true);
+    let out_of_memory = LowDma::new();
+    out_of_memory.refuse_shared(true);
     let mut t = FakeTransport::modern(v1, &[8]);
     let r = vinit::init(&mut t, 0, &mut deadline(), |t, n| {
-        vinit::setup_queue(t, &flaky, n, 0, 8, &DmaConstraints::NONE).map(|_| ())
+        vinit::setup_queue(t, &out_of_memory, n, 0, 8, &DmaConstraints::NONE).map(|_| ())
     });
     assert_eq!(
         r.unwrap_err(),

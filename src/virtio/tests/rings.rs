@@ -6,7 +6,7 @@ use super::*;
 use crate::virtio::queue::{AddError, Completion};
 use crate::virtio::wait::{Clock, Deadline, NoClock, WaitError};
 
-fn take_one(dev: &mut impl FakeDevice) -> DeviceRequest {
+fn take_one(dev: &mut RingSide) -> DeviceRequest {
     dev.take().expect("the device should see a request")
 }
 
@@ -15,7 +15,7 @@ fn single_segment_requests_round_trip() {
     for format in FORMATS {
         let dma = Direct::new();
         let mut q = new_queue(&dma, format, config(8));
-        let mut dev = AnyDevice::for_queue(&q);
+        let mut dev = RingSide::for_queue(&q);
         let bufs = Buffers::new(&dma, 64);
         bufs.region.write_bytes(0, b"hello");
 
@@ -69,7 +69,7 @@ fn chained_request_uses_one_descriptor_per_segment() {
     for format in FORMATS {
         let dma = Direct::new();
         let mut q = new_queue(&dma, format, config(8));
-        let mut dev = AnyDevice::for_queue(&q);
+        let mut dev = RingSide::for_queue(&q);
         let bufs = Buffers::new(&dma, 256);
         let segs = [
             bufs.seg(0, 16, false),
@@ -107,7 +107,7 @@ fn indirect_request_takes_one_ring_descriptor() {
                 ..config(4)
             },
         );
-        let mut dev = AnyDevice::for_queue(&q);
+        let mut dev = RingSide::for_queue(&q);
         let bufs = Buffers::new(&dma, 256);
         let segs = [
             bufs.seg(0, 16, false),
@@ -162,7 +162,7 @@ fn many_in_flight_complete_out_of_order() {
     for format in FORMATS {
         let dma = Direct::new();
         let mut q = new_queue(&dma, format, config(8));
-        let mut dev = AnyDevice::for_queue(&q);
+        let mut dev = RingSide::for_queue(&q);
         let bufs = Buffers::new(&dma, 1024);
         // Chains of 1, 2, 1, 3, 1 descriptors: 8 in all, the ring is full.
         let shapes: [&[u32]; 5] = [&[8], &[8, 8], &[8], &[8, 8, 8], &[8]];
@@ -206,7 +206,7 @@ fn full_queue_pushes_back_instead_of_panicking() {
     for format in FORMATS {
         let dma = Direct::new();
         let mut q = new_queue(&dma, format, config(4));
-        let mut dev = AnyDevice::for_queue(&q);
+        let mut dev = RingSide::for_queue(&q);
         let bufs = Buffers::new(&dma, 256);
         let t0 = q
             .add(&[bufs.seg(0, 8, false), bufs.seg(8, 8, false)])
@@ -266,7 +266,7 @@ fn malformed_requests_are_refused() {
 #[test]
 fn indirect_table_failure_falls_back_to_a_chain_or_says_so() {
     for format in FORMATS {
-        let dma = FlakyDma::new();
+        let dma = LowDma::new();
         let mut q = new_queue(
             &dma,
             format,
@@ -275,9 +275,9 @@ fn indirect_table_failure_falls_back_to_a_chain_or_says_so() {
                 ..config(4)
             },
         );
-        let mut dev = AnyDevice::for_queue(&q);
+        let mut dev = RingSide::for_queue(&q);
         let bufs = Buffers::new(&dma, 64);
-        dma.refuse(true);
+        dma.refuse_shared(true);
         let segs = [
             bufs.seg(0, 8, false),
             bufs.seg(8, 8, false),
@@ -290,7 +290,7 @@ fn indirect_table_failure_falls_back_to_a_chain_or_says_so() {
         let err = q.add(&segs).unwrap_err();
         assert_eq!(err, AddError::Dma(DmaError::Exhausted { requested: 48 }));
         assert!(err.is_transient());
-        dma.refuse(false);
+        dma.refuse_shared(false);
         q.add(&segs).unwrap();
         let req = take_one(&mut dev);
         assert!(req.indirect);
@@ -313,7 +313,7 @@ fn run_random_traffic_with(
     seed: u64,
 ) {
     let mut q = new_queue(dma, format, cfg);
-    let mut dev = AnyDevice::for_queue(&q);
+    let mut dev = RingSide::for_queue(&q);
     let bufs = Buffers::new(dma, 4096);
     let mut rng = XorShift::new(seed);
     let mut expected: HashMap<u16, (Vec<Segment>, u32)> = HashMap::new();
@@ -370,8 +370,8 @@ fn run_random_traffic_with(
         let complete = rng.below(pending.len() as u64 + 1) as usize;
         for _ in 0..complete {
             let req = pending.swap_remove(rng.below(pending.len() as u64) as usize);
-            let cap = req.writable_capacity();
-            let written = rng.below(u64::from(cap) + 1) as u32;
+            let cap = req.writable_len() as u64;
+            let written = rng.below(cap + 1) as u32;
             dev.complete(&req, written);
             let c = q.pop_used().unwrap().expect("a completion");
             assert_eq!(c.token.0, req.id);
@@ -513,7 +513,7 @@ fn legacy_layout_is_one_page_aligned_block() {
         "used ring on the next page"
     );
     assert_eq!(LegacyLayout::new(256).total, 8192 + 4096);
-    let mut dev = AnyDevice::for_queue(&q);
+    let mut dev = RingSide::for_queue(&q);
     let bufs = Buffers::new(&dma, 64);
     let t = q
         .add(&[bufs.seg(0, 8, false), bufs.seg(8, 8, true)])
@@ -576,7 +576,7 @@ fn queue_sizes_are_checked() {
 fn split_notification_follows_no_notify_flag() {
     let dma = Direct::new();
     let mut q = new_queue(&dma, RingFormat::Split, config(8));
-    let AnyDevice::Split(dev) = AnyDevice::for_queue(&q) else {
+    let RingSide::Split(dev) = RingSide::for_queue(&q) else {
         unreachable!()
     };
     let bufs = Buffers::new(&dma, 64);
@@ -605,7 +605,7 @@ fn split_event_idx_notification_decisions() {
             ..config(8)
         },
     );
-    let AnyDevice::Split(dev) = AnyDevice::for_queue(&q) else {
+    let RingSide::Split(dev) = RingSide::for_queue(&q) else {
         unreachable!()
     };
     let bufs = Buffers::new(&dma, 64);
@@ -624,7 +624,7 @@ fn split_event_idx_notification_decisions() {
                 ..config(8)
             },
         );
-        let AnyDevice::Split(probe_dev) = AnyDevice::for_queue(&probe) else {
+        let RingSide::Split(probe_dev) = RingSide::for_queue(&probe) else {
             unreachable!()
         };
         probe.add(&seg).unwrap();
@@ -656,7 +656,7 @@ fn packed_notification_decisions() {
     let seg = [bufs.seg(0, 8, false)];
     // Without event idx: ENABLE and DISABLE; DESC is not valid then, so it notifies.
     let mut q = new_queue(&dma, RingFormat::Packed, config(4));
-    let AnyDevice::Packed(dev) = AnyDevice::for_queue(&q) else {
+    let RingSide::Packed(dev) = RingSide::for_queue(&q) else {
         unreachable!()
     };
     q.add(&seg).unwrap();
@@ -686,7 +686,7 @@ fn packed_notification_decisions() {
                 ..config(4)
             },
         );
-        let mut dev = AnyDevice::for_queue(&q);
+        let mut dev = RingSide::for_queue(&q);
         for _ in 0..3 {
             q.add(&seg).unwrap();
         }
@@ -697,7 +697,7 @@ fn packed_notification_decisions() {
             dev.complete(&r, 0);
             q.pop_used().unwrap().unwrap();
         }
-        let AnyDevice::Packed(pdev) = &dev else {
+        let RingSide::Packed(pdev) = &dev else {
             unreachable!()
         };
         pdev.set_device_event(2, off_wrap);
@@ -717,7 +717,7 @@ fn interrupt_suppression_is_written_where_the_device_looks() {
     let seg = [bufs.seg(0, 8, true)];
 
     let mut q = new_queue(&dma, RingFormat::Split, config(4));
-    let AnyDevice::Split(dev) = AnyDevice::for_queue(&q) else {
+    let RingSide::Split(dev) = RingSide::for_queue(&q) else {
         unreachable!()
     };
     q.set_interrupts(false);
@@ -733,12 +733,12 @@ fn interrupt_suppression_is_written_where_the_device_looks() {
             ..config(4)
         },
     );
-    let mut dev = AnyDevice::for_queue(&q);
+    let mut dev = RingSide::for_queue(&q);
     q.add(&seg).unwrap();
     let r = take_one(&mut dev);
     dev.complete(&r, 1);
     q.pop_used().unwrap().unwrap();
-    let AnyDevice::Split(sdev) = &dev else {
+    let RingSide::Split(sdev) = &dev else {
         unreachable!()
     };
     assert_eq!(
@@ -753,7 +753,7 @@ fn interrupt_suppression_is_written_where_the_device_looks() {
     assert_eq!(sdev.used_event(), 1);
 
     let mut q = new_queue(&dma, RingFormat::Packed, config(4));
-    let AnyDevice::Packed(dev) = AnyDevice::for_queue(&q) else {
+    let RingSide::Packed(dev) = RingSide::for_queue(&q) else {
         unreachable!()
     };
     q.set_interrupts(false);
@@ -769,7 +769,7 @@ fn interrupt_suppression_is_written_where_the_device_looks() {
             ..config(2)
         },
     );
-    let mut dev = AnyDevice::for_queue(&q);
+    let mut dev = RingSide::for_queue(&q);
     for _ in 0..2 {
         q.add(&seg).unwrap();
         let r = take_one(&mut dev);
@@ -777,7 +777,7 @@ fn interrupt_suppression_is_written_where_the_device_looks() {
         q.pop_used().unwrap().unwrap();
     }
     q.set_interrupts(true);
-    let AnyDevice::Packed(pdev) = &dev else {
+    let RingSide::Packed(pdev) = &dev else {
         unreachable!()
     };
     assert_eq!(
@@ -802,7 +802,7 @@ impl Clock for StepClock {
 fn waiting_is_bounded_by_polls_or_time() {
     let dma = Direct::new();
     let mut q = new_queue(&dma, RingFormat::Split, config(4));
-    let mut dev = AnyDevice::for_queue(&q);
+    let mut dev = RingSide::for_queue(&q);
     let bufs = Buffers::new(&dma, 64);
     q.add(&[bufs.seg(0, 8, true)]).unwrap();
 
