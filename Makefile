@@ -69,6 +69,7 @@ matrix: images
 # --filter q35 --repeats 3 (see `cargo run -p harness -- bench --help`).
 bench: images
 	cargo run -q -p harness -- bench $(if $(QUICK),--quick) $(BENCH_ARGS)
+	cargo run -q -p harness -- boot-ratio $(if $(QUICK),--quick)
 
 # Host only: parsers, report writer, the harness against a fake QEMU. No images needed.
 unit: setup

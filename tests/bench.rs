@@ -111,3 +111,36 @@ fn bench_smoke_microvm_direct_and_bounce() {
     let csv = std::fs::read_to_string(out.join("bench.csv")).unwrap();
     assert!(csv.contains("microvm,microvm,tcg,bounce,ok,throughput,read_64k_qdfull,MB/s,2,"));
 }
+
+/// `harness boot-ratio` in small: one pair on each machine that boots fast, no device. Every
+/// run must end as it should (the guest passes, the no-op powers off), and the row must carry
+/// the pair's ratio and the guest's own span. No figure is judged: that is `make bench`'s job.
+#[test]
+fn boot_ratio_smoke() {
+    use harness::bootratio::{self, Options};
+    let mut opts = Options::quick_profile();
+    opts.pairs = 1;
+    opts.slof_pairs = 0;
+    opts.accel = harness::Accel::Tcg;
+    opts.filter = vec!["pseries-vof".into(), "microvm".into(), "q35".into()];
+    let rows = bootratio::run(&opts, &mut |_| {}).unwrap();
+    let md = bootratio::markdown(&rows);
+    let names: Vec<&str> = rows.iter().map(|r| r.machine.as_str()).collect();
+    assert_eq!(names, ["pseries-vof", "microvm", "q35"], "{md}");
+    for r in &rows {
+        assert!(
+            r.failures.is_empty(),
+            "{}: {:?}\n{md}",
+            r.machine,
+            r.failures
+        );
+        assert_eq!(r.ratios.len(), 1, "{md}");
+        assert!(r.ratios[0].is_finite() && r.ratios[0] > 0.0, "{md}");
+        assert_eq!(
+            r.guest_own_us.len(),
+            1,
+            "the guest's end record has entry_to_end_us\n{md}"
+        );
+        assert!(md.contains(&format!("| {} | tcg | 1 |", r.machine)), "{md}");
+    }
+}

@@ -23,6 +23,7 @@
 //! [`bench`](mod@bench) is `make bench`: boot time and virtio-blk throughput of every machine × DMA path.
 
 pub mod bench;
+pub mod bootratio;
 pub mod config;
 pub mod devices;
 pub mod dump;

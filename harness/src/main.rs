@@ -68,6 +68,10 @@ enum Cmd {
     /// Measure boot time and virtio-blk throughput on every machine x DMA path: a markdown table
     /// on stdout, JSON, CSV and an SVG chart under --out (see README, Performance).
     Bench(BenchArgs),
+    /// Boot every machine without devices, the guest against the no-op payload in alternating
+    /// pairs: the boot target (guest <= 1.2x no-op). A markdown table on stdout, boot-bare.json
+    /// and boot-bare.md under --out (`make bench` runs it after the bench).
+    BootRatio(BootRatioArgs),
     /// Write the data pattern of docs/report.md (raw bytes), or check a file region holds it.
     Pattern {
         /// Seed (decimal or 0x hex).
@@ -433,6 +437,7 @@ fn real_main(cli: Cli) -> Result<bool> {
         }
         Cmd::Matrix(m) => run_matrix(m),
         Cmd::Bench(b) => run_bench(b),
+        Cmd::BootRatio(b) => run_boot_ratio(b),
         Cmd::Pattern {
             seed,
             offset,
@@ -632,6 +637,62 @@ fn run_matrix(m: MatrixArgs) -> Result<bool> {
         matrix::write_junit(j, &results, total)?;
     }
     Ok(!results.iter().any(|r| r.verdict.is_failure()))
+}
+
+#[derive(Args)]
+struct BootRatioArgs {
+    /// The quick profile: 5 pairs per machine, 1 under SLOF.
+    #[arg(long)]
+    quick: bool,
+    /// Pairs per machine [default: 11, quick: 5].
+    #[arg(long)]
+    pairs: Option<u32>,
+    /// Pairs under SLOF, whose boots take seconds [default: 3, quick: 1].
+    #[arg(long)]
+    slof_pairs: Option<u32>,
+    /// tcg, kvm or auto [default: $ACCEL, else tcg].
+    #[arg(long)]
+    accel: Option<Accel>,
+    /// Only machines whose name (`pseries-vof`, `pseries-slof`, `microvm`, `q35`, `pc`)
+    /// contains this; repeat for more.
+    #[arg(long)]
+    filter: Vec<String>,
+    /// Where boot-bare.json and boot-bare.md go [default: target/bench in the workspace].
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+fn run_boot_ratio(b: BootRatioArgs) -> Result<bool> {
+    use harness::bootratio;
+    let mut opts = if b.quick {
+        bootratio::Options::quick_profile()
+    } else {
+        bootratio::Options::default_profile()
+    };
+    opts.pairs = b.pairs.unwrap_or(opts.pairs).max(1);
+    opts.slof_pairs = b.slof_pairs.unwrap_or(opts.slof_pairs);
+    opts.accel = match b.accel {
+        Some(a) => a,
+        None => Accel::from_env()?,
+    };
+    opts.filter = b.filter;
+    let out = match &b.out {
+        Some(o) => harness::config::absolute(o),
+        None => harness::workspace_root().join("target").join("bench"),
+    };
+    let rows = bootratio::run(&opts, &mut |line: &str| eprintln!("{line}"))?;
+    print!("{}", bootratio::markdown(&rows));
+    let files = bootratio::write_outputs(&rows, &out)?;
+    eprintln!(
+        "boot-ratio: wrote {}",
+        files
+            .iter()
+            .map(|f| f.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    // A missed target is a figure, not a failure; a run that did not end as it should is.
+    Ok(rows.iter().all(|r| r.failures.is_empty()))
 }
 
 fn run_bench(b: BenchArgs) -> Result<bool> {
