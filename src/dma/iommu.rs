@@ -1019,6 +1019,10 @@ pub fn x86_map_mode(map: Option<IommuMap>, pool: bool) -> (IommuMap, &'static st
     }
 }
 
+/// Why a static domain cannot be made: RAM lies outside what the IOMMU translates.
+pub const STATIC_BEYOND_INPUT: &str = "sg.iommu.map=static: RAM beyond the IOVAs the IOMMU \
+     translates (virtio-iommu: its input_range; VT-d: its address width)";
+
 /// An IOVA range a domain must never map (inclusive bounds), and the error of a static domain
 /// whose RAM would cover part of it.
 pub type ReservedIova = (u64, u64, &'static str);
@@ -1029,7 +1033,7 @@ pub type ReservedIova = (u64, u64, &'static str);
 /// zero device address still faults; this guest never gives a device either. Every run must lie
 /// inside `input` (inclusive: what the IOMMU translates) and clear of every `reserved` range:
 /// RAM that does not fit fails the setup (with the reserved range's error, or
-/// [`DmaError::Unreachable`] beyond `input`) rather than being left out quietly.
+/// [`STATIC_BEYOND_INPUT`]) rather than being left out quietly.
 pub fn identity_runs(
     ram: &[(u64, u64)],
     page: u64,
@@ -1047,11 +1051,7 @@ pub fn identity_runs(
         }
         let len = stop - start;
         if start < input.0 || stop - 1 > input.1 {
-            return Err(DmaError::Unreachable {
-                addr: DeviceAddr::new(start),
-                len: usize::try_from(len).unwrap_or(usize::MAX),
-                max_addr: input.1,
-            });
+            return Err(DmaError::InvalidRequest(STATIC_BEYOND_INPUT));
         }
         if let Some(&(_, _, why)) = reserved
             .iter()

@@ -484,10 +484,11 @@ fn static_ram_beyond_the_input_range_fails() {
     let direct = direct();
     let io = start(&b, direct);
     let e = static_setup(&b, io, direct).unwrap_err();
-    assert!(
-        matches!(e, DmaError::Unreachable { addr, max_addr: 0x0fff_ffff, .. } if addr.as_u64() == 0x10_0000),
-        "{e:?}"
+    assert_eq!(
+        e,
+        DmaError::InvalidRequest(crate::dma::iommu::STATIC_BEYOND_INPUT)
     );
+    assert!(io.lock().attached.is_empty(), "nothing attached");
 }
 
 #[test]
