@@ -788,6 +788,12 @@ mod tests {
         assert_eq!(o.iommu_map, Some(IommuMap::Static));
         let (o, _) = parse(b"sg.iommu.map=static sg.iommu.map=dynamic");
         assert_eq!(o.iommu_map, Some(IommuMap::Dynamic), "the last one counts");
+        let note = Diagnostic::NoEffect {
+            option: "sg.iommu.map",
+            value: "static",
+            why: "no effect here",
+        };
+        assert!(!note.is_error(), "a warning: the run goes on");
         for (bad, expected) in [
             ("sg.dma=iommu-bounce", DmaChoice::EXPECTED),
             ("sg.dma", DmaChoice::EXPECTED),
