@@ -20,7 +20,9 @@
 //!    second-level translation, the domain's AW and DID). Not-present entries are not cached
 //!    unless `CAP.CM` (caching mode), so only then is the context cache invalidated.
 //! 4. Per request: [`SlTable::map`] writes leaf entries (and, under caching mode only, an
-//!    IOTLB invalidation follows); [`SlTable::unmap`] clears them and
+//!    IOTLB invalidation follows); a static domain (`sg.iommu.map=static`) maps all RAM once
+//!    instead, with 2 MiB entries (level-2, PS) where `CAP.SLLPS` offers them
+//!    ([`SlTable::set_large_pages`]); [`SlTable::unmap`] clears them and
 //!    [`VtdUnit::flush_iotlb`] invalidates them: page-selective (`CAP.PSI`, one aligned
 //!    power-of-two block up to `CAP.MAMV`) or else domain-selective.
 //! 5. [`VtdUnit::collect_faults`] reads FSTS and the fault-recording registers and clears them.
