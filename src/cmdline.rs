@@ -8,7 +8,7 @@
 use alloc::string::String;
 use alloc::vec::Vec;
 
-use crate::dma::iommu::IommuDebug;
+use crate::dma::iommu::{IommuDebug, IommuMap};
 use crate::dma::tce::TceMode;
 use crate::platform::decide::{DmaChoice, LegacyPolicy, SecureMode};
 
@@ -64,6 +64,11 @@ pub const OPTIONS: &[(&str, &str, &str)] = &[
         "sg.tce",
         "dynamic|ddw",
         "pseries IOMMU: map each request in the default TCE window (dynamic), or create a DDW window mapping all RAM once (ddw, the default when the PHB offers DDW)",
+    ),
+    (
+        "sg.iommu.map",
+        "dynamic|static",
+        "x86 IOMMU (virtio-iommu, VT-d), normal guest: map each request (dynamic, the default) or all RAM once at IOVA = physical address (static); no effect on a secure guest (only the pool is mapped) nor on pseries (sg.tce)",
     ),
     (
         "sg.tce.batch",
@@ -197,6 +202,8 @@ pub struct Options {
     pub tce: Option<TceMode>,
     /// `sg.tce.batch`.
     pub tce_batch: bool,
+    /// `sg.iommu.map`; `None`: the default (dynamic).
+    pub iommu_map: Option<IommuMap>,
     pub blk_read: BlkRead,
     pub blk_write: Option<BlkWrite>,
     pub blk_disk: u32,
@@ -231,6 +238,7 @@ impl Default for Options {
             dma: DmaChoice::Auto,
             tce: None,
             tce_batch: true,
+            iommu_map: None,
             blk_read: BlkRead::All,
             blk_write: None,
             blk_disk: 0,
@@ -260,11 +268,21 @@ pub enum Diagnostic {
     },
     /// A token that is not valid UTF-8 or has an unterminated quote.
     BadToken { token: String, why: &'static str },
+    /// A valid option that does nothing on this platform (`sg.iommu.map` on pseries): a
+    /// warning, the run goes on.
+    NoEffect {
+        option: &'static str,
+        value: &'static str,
+        why: &'static str,
+    },
 }
 
 impl Diagnostic {
     pub fn is_error(&self) -> bool {
-        !matches!(self, Diagnostic::Unknown { .. })
+        !matches!(
+            self,
+            Diagnostic::Unknown { .. } | Diagnostic::NoEffect { .. }
+        )
     }
 }
 
@@ -441,6 +459,10 @@ pub fn parse(line: &[u8]) -> (Options, Vec<Diagnostic>) {
             "sg.tce" => match value.and_then(TceMode::parse) {
                 Some(m) => opts.tce = Some(m),
                 None => malformed(TceMode::EXPECTED),
+            },
+            "sg.iommu.map" => match value.and_then(IommuMap::parse) {
+                Some(m) => opts.iommu_map = Some(m),
+                None => malformed(IommuMap::EXPECTED),
             },
             "sg.tce.batch" => match boolean(value) {
                 Some(b) => opts.tce_batch = b,
@@ -760,12 +782,26 @@ mod tests {
             (o.dma, o.tce, o.tce_batch),
             (DmaChoice::Direct, Some(TceMode::Ddw), true)
         );
+        assert_eq!(o.iommu_map, None, "dynamic by default");
+        let (o, d) = parse(b"sg.iommu.map=static");
+        assert!(d.is_empty(), "{d:?}");
+        assert_eq!(o.iommu_map, Some(IommuMap::Static));
+        let (o, _) = parse(b"sg.iommu.map=static sg.iommu.map=dynamic");
+        assert_eq!(o.iommu_map, Some(IommuMap::Dynamic), "the last one counts");
+        let note = Diagnostic::NoEffect {
+            option: "sg.iommu.map",
+            value: "static",
+            why: "no effect here",
+        };
+        assert!(!note.is_error(), "a warning: the run goes on");
         for (bad, expected) in [
             ("sg.dma=iommu-bounce", DmaChoice::EXPECTED),
             ("sg.dma", DmaChoice::EXPECTED),
             ("sg.tce=static", TceMode::EXPECTED),
             ("sg.tce", TceMode::EXPECTED),
             ("sg.tce.batch=2", "0|1"),
+            ("sg.iommu.map=identity", IommuMap::EXPECTED),
+            ("sg.iommu.map", IommuMap::EXPECTED),
         ] {
             let (o, d) = parse(bad.as_bytes());
             assert_eq!(o, Options::default(), "{bad}");
@@ -783,7 +819,7 @@ mod tests {
                 other => panic!("{bad}: {other:?}"),
             }
         }
-        for name in ["sg.dma", "sg.tce", "sg.tce.batch"] {
+        for name in ["sg.dma", "sg.tce", "sg.tce.batch", "sg.iommu.map"] {
             assert!(OPTIONS.iter().any(|(n, _, _)| *n == name), "{name}");
         }
     }

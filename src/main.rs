@@ -153,7 +153,7 @@ pub fn boot_main(info: BootInfo) -> ! {
 
     // 3. Command line.
     let (opts, diags) = cmdline::parse(info.cmdline);
-    for d in &diags {
+    for d in diags.iter().chain(arch::option_notes(&opts).as_ref()) {
         report_option(d);
     }
 
@@ -208,8 +208,13 @@ pub fn boot_main(info: BootInfo) -> ! {
         let r = b.region();
         (b as &dyn secure_guest::dma::Dma, r.phys, r.size)
     });
+    // RAM as the IOMMU domains see it: merged, sorted ranges (a static domain maps each).
+    let mut ram = alloc::vec::Vec::new();
+    info.memory
+        .for_each_ram_piece(&mut |base, end| ram.push((base, end)));
+    let ram: &'static [(u64, u64)] = alloc::boxed::Box::leak(ram.into_boxed_slice());
     let domains = match tree.as_ref() {
-        Some(t) => arch::iommu_domains(t, &opts, info.memory.ram_top(), &DIRECT, pool_range),
+        Some(t) => arch::iommu_domains(t, &opts, ram, &DIRECT, pool_range),
         None => alloc::vec::Vec::new(),
     };
     let paths = paths.with(opts.dma, &domains);
@@ -471,6 +476,10 @@ fn report_option(d: &Diagnostic) {
             .str("expected", expected)
             .str("message", "malformed value"),
         Diagnostic::BadToken { token, why } => r.str("option", token).str("message", why),
+        Diagnostic::NoEffect { option, value, why } => r
+            .str("option", option)
+            .str("value", value)
+            .str("message", why),
     }
     .end();
 }

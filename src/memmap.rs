@@ -93,7 +93,7 @@ impl MemoryMap {
     /// Total RAM in bytes (overlapping RAM entries are counted once).
     pub fn ram_bytes(&self) -> u64 {
         let mut total = 0u64;
-        self.for_each_ram_piece(|base, end| total += end - base);
+        self.for_each_ram_piece(&mut |base, end| total += end - base);
         total
     }
 
@@ -103,7 +103,8 @@ impl MemoryMap {
     }
 
     /// Calls `f(base, end)` for each maximal piece of RAM, merged and sorted, overlaps removed.
-    fn for_each_ram_piece(&self, mut f: impl FnMut(u64, u64)) {
+    /// (A `dyn` callback: one copy of the walk in the guest image for all its callers.)
+    pub fn for_each_ram_piece(&self, f: &mut dyn FnMut(u64, u64)) {
         let mut cursor = 0u64;
         loop {
             // Smallest RAM piece that ends after the cursor.
@@ -139,7 +140,7 @@ impl MemoryMap {
     /// order, each piece aligned to `align` (a power of two) and at least `min` bytes long.
     pub fn for_each_free(&self, align: u64, min: u64, mut f: impl FnMut(u64, u64)) {
         debug_assert!(align.is_power_of_two());
-        self.for_each_ram_piece(|base, end| {
+        self.for_each_ram_piece(&mut |base, end| {
             let mut cursor = base;
             while cursor < end {
                 // First reserved range that overlaps [cursor, end).

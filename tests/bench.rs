@@ -88,7 +88,7 @@ fn bench_smoke_microvm_direct_and_bounce() {
     assert!(bounce.median("pool_high_water_64k_qdfull").unwrap() > 0.0);
     assert_eq!(cell("direct").median("copied_per_mib_64k_qdfull"), None);
     // microvm has no IOMMU in QEMU 10: n/a without a run.
-    for path in ["iommu", "iommu+bounce", "ddw"] {
+    for path in ["iommu", "iommu+bounce", "ddw", "iommu-static"] {
         let c = cell(path);
         assert_eq!(c.status, CellStatus::NotAvailable, "{path}");
         assert!(c.command.is_none() && c.metrics.is_empty(), "{path}");

@@ -353,6 +353,31 @@ fn a_phb_without_ddw() {
     assert!(why.ends_with(d["error"].as_str().unwrap()), "{run}");
 }
 
+/// `sg.iommu.map` is the x86 IOMMUs' mode: on pseries it changes nothing (the PHB's domain is
+/// DDW by default, as without it) and says so in a warning record; the run passes.
+#[test]
+fn sg_iommu_map_has_no_effect_on_pseries() {
+    let dir = tempdir("iommumap");
+    let run = disks(&dir, "sg.iommu.map=static", &["on"], &[]);
+    assert_eq!(run.verdict, harness::Outcome::Pass, "{run}");
+    let o = records(&run, "option");
+    assert_eq!(o.len(), 1, "{run}");
+    let o = &o[0].fields;
+    assert_eq!(
+        (&o["level"], &o["option"], &o["value"]),
+        (&"warning".into(), &"sg.iommu.map".into(), &"static".into()),
+        "{run}"
+    );
+    assert!(o["message"].as_str().unwrap().contains("sg.tce"), "{run}");
+    assert_eq!(run.end().unwrap().warnings, 1);
+    let v = &records(&run, "virtio")[0].fields;
+    assert_eq!(
+        (&v["iommu"]["mode"], &v["iommu"]["mapping"]),
+        (&"ddw".into(), &"ram".into()),
+        "{run}"
+    );
+}
+
 /// A private directory, removed at the end.
 struct TempDir(PathBuf);
 

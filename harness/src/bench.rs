@@ -2,7 +2,7 @@
 //!
 //! The bench is a table of *cells*: a platform (pseries under VOF, microvm, q35; the x86 ones
 //! again under KVM where KVM works) × a DMA path (`direct`, `bounce`, `iommu`, `iommu+bounce`,
-//! `ddw`). [`path_setup`] says how each cell is configured (guest options, device properties,
+//! `ddw`, `iommu-static`). [`path_setup`] says how each cell is configured (guest options, device properties,
 //! extra QEMU devices) or why the machine cannot have that path at all. A cell the machine could
 //! have is first *probed* with a tiny run: if the guest does not know an option, rejects the
 //! configuration, or puts the disk on another DMA path than asked, the cell is `n/a` with the
@@ -82,15 +82,19 @@ pub enum DmaPath {
     Iommu,
     IommuBounce,
     Ddw,
+    /// An x86 IOMMU domain with all RAM mapped once at IOVA = physical address
+    /// (`sg.iommu.map=static`): the x86 counterpart of `ddw`.
+    IommuStatic,
 }
 
 impl DmaPath {
-    pub const ALL: [DmaPath; 5] = [
+    pub const ALL: [DmaPath; 6] = [
         DmaPath::Direct,
         DmaPath::Bounce,
         DmaPath::Iommu,
         DmaPath::IommuBounce,
         DmaPath::Ddw,
+        DmaPath::IommuStatic,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -100,6 +104,7 @@ impl DmaPath {
             DmaPath::Iommu => "iommu",
             DmaPath::IommuBounce => "iommu+bounce",
             DmaPath::Ddw => "ddw",
+            DmaPath::IommuStatic => "iommu-static",
         }
     }
 
@@ -108,17 +113,19 @@ impl DmaPath {
         match self {
             DmaPath::Direct => "direct",
             DmaPath::Bounce => "bounce",
-            DmaPath::Iommu | DmaPath::Ddw => "iommu",
+            DmaPath::Iommu | DmaPath::Ddw | DmaPath::IommuStatic => "iommu",
             DmaPath::IommuBounce => "iommu+bounce",
         }
     }
 
     /// The `virtio.iommu.mode` the path needs, when it needs one: `iommu` is the per-request
-    /// mapping of a dynamic domain, `ddw` the dynamic DMA window.
+    /// mapping of a dynamic domain, `ddw` the dynamic DMA window, `iommu-static` the x86
+    /// identity domain.
     pub fn expected_mode(self) -> Option<&'static str> {
         match self {
             DmaPath::Iommu => Some("dynamic"),
             DmaPath::Ddw => Some("ddw"),
+            DmaPath::IommuStatic => Some("static"),
             _ => None,
         }
     }
@@ -173,6 +180,8 @@ pub struct PathSetup {
 /// - iommu+bounce: the shared pool mapped once, in the pseries default (DDW when the PHB offers
 ///   it) or in the virtio-iommu.
 /// - ddw: all RAM mapped once in a dynamic DMA window (`sg.tce=ddw`), a pseries PHB feature.
+/// - iommu-static: all RAM mapped once at IOVA = physical address in the x86 IOMMU's domain
+///   (`sg.iommu.map=static`; q35 through a virtio-iommu), the x86 counterpart of `ddw`.
 pub fn path_setup(machine: Machine, path: DmaPath) -> Result<PathSetup, String> {
     let words = |w: &[&str]| w.iter().map(|s| s.to_string()).collect::<Vec<_>>();
     let iommu_props = ",iommu_platform=on".to_string();
@@ -223,6 +232,16 @@ pub fn path_setup(machine: Machine, path: DmaPath) -> Result<PathSetup, String> 
         DmaPath::Ddw => {
             return Err("DDW (dynamic DMA windows) is a pseries PHB feature".into());
         }
+        DmaPath::IommuStatic if machine == Machine::Pseries => {
+            return Err(
+                "sg.iommu.map=static is the x86 IOMMUs' mode: pseries maps all RAM with ddw".into(),
+            );
+        }
+        DmaPath::IommuStatic => PathSetup {
+            append: words(&["sg.dma=iommu", "sg.iommu.map=static"]),
+            device_props: iommu_props,
+            extra_args: iommu_device(machine)?,
+        },
     })
 }
 

@@ -22,9 +22,12 @@
 //!   `translate_out` was refused (with or without `report_fault`), or bypassed the IOMMU when the
 //!   endpoint was in no domain.
 //! - Intel VT-d: its mappings live in guest page tables, which the trace does not show, so only
-//!   faults, pass-through accesses and (secure) the pool are checked for `vtd_dmar_translate`;
+//!   faults, pass-through accesses, (secure) the pool and (a `static` domain) that the access
+//!   landed at its own address are checked for `vtd_dmar_translate`;
 //!   the IOTLB invalidations (`vtd_inv_desc_iotlb_*`, traced for the register interface too)
 //!   are counted against the guest's `iommu_unit` record.
+//! - x86 (both): a device whose domain is `static` ([`Config::identity_devices`]: all RAM at
+//!   IOVA = physical address) must have every access translated to the IOVA itself.
 //! - x86 (both): a device that must be behind its IOMMU ([`Config::iommu_devices`]) must have
 //!   accesses translated by it, and must not be switched to bypass between its first and its
 //!   last one. The guest's teardown switches the devices back (VT-d turns translation off) after
@@ -286,6 +289,10 @@ pub struct Config {
     /// virtio-iommu and VT-d devices whose DMA must go through the IOMMU: each must have been
     /// switched to its IOMMU address space (`*_switch_address_space ... enabled=1`) last.
     pub iommu_devices: Vec<Bdf>,
+    /// x86 devices whose domain the guest reports `static` (all RAM at IOVA = physical
+    /// address): each of their translations must land at the IOVA itself. For VT-d, whose
+    /// mappings the trace does not show, that is the one check of where an access went.
+    pub identity_devices: Vec<Bdf>,
     /// How many violations the verdict keeps.
     pub reported: usize,
     /// The trace line where the guest's own IOMMU work begins (0: the first). The events before
@@ -302,6 +309,7 @@ impl Default for Config {
             pool: None,
             expect_translations: false,
             iommu_devices: Vec::new(),
+            identity_devices: Vec::new(),
             reported: DEFAULT_REPORTED,
             start_line: 0,
         }
@@ -560,7 +568,8 @@ pub fn parse_bdf(s: &str) -> Option<Bdf> {
 
 /// The oracle's configuration for a run, from its report: the pool when the guest says it is
 /// secure (the `swiotlb` record), translations expected when a device on an IOMMU path moved
-/// data, and on x86 those devices must be behind their IOMMU.
+/// data, and on x86 those devices must be behind their IOMMU, with identity translations when
+/// their domain is `static`.
 pub fn config_for(records: &[Record], arch: Arch) -> Config {
     let view = |r: &Record| r.view::<Virtio>().ok();
     let devices: Vec<Virtio> = records.iter().filter_map(view).collect();
@@ -588,6 +597,20 @@ pub fn config_for(records: &[Record], arch: Arch) -> Config {
                 .iter()
                 .filter(on_iommu)
                 .filter_map(|v| parse_bdf(&v.location))
+                .collect(),
+            Arch::Ppc64le => Vec::new(),
+        },
+        identity_devices: match arch {
+            Arch::X86_64 => records
+                .iter()
+                .filter(|r| r.event == "virtio")
+                .filter(|r| {
+                    r.get("iommu")
+                        .and_then(|i| i.get("mode"))
+                        .and_then(|m| m.as_str())
+                        == Some("static")
+                })
+                .filter_map(|r| parse_bdf(r.get("location")?.as_str()?))
                 .collect(),
             Arch::Ppc64le => Vec::new(),
         },
@@ -1355,6 +1378,18 @@ impl Replay<'_> {
                 self.counts(s).translations += 1;
                 self.device_access(line, *device);
                 let size = mask.saturating_add(1);
+                if self.cfg.identity_devices.contains(device) && gpa != iova {
+                    self.violation(
+                        line,
+                        Kind::WrongTranslation,
+                        Some(s),
+                        Some(*iova),
+                        Some(*gpa),
+                        "the device's domain is static (IOVA = physical address), but the \
+                         access was translated elsewhere"
+                            .into(),
+                    );
+                }
                 if !self.in_pool(*gpa & !mask, size) {
                     let pool = self.pool_text();
                     self.violation(
@@ -1815,6 +1850,23 @@ impl Replay<'_> {
             );
         };
         let s = Space::ViommuDomain { domain };
+        if self
+            .cfg
+            .identity_devices
+            .contains(&Bdf::from_sid(sid as u16))
+            && phys != addr
+        {
+            self.violation(
+                line,
+                Kind::WrongTranslation,
+                Some(s),
+                Some(addr),
+                Some(phys),
+                "the device's domain is static (IOVA = physical address), but the access was \
+                 translated elsewhere"
+                    .into(),
+            );
+        }
         match self.viommu_lookup(domain, addr) {
             None => {
                 let why = match self.viommu_unmapped_at(domain, addr) {
@@ -2663,6 +2715,83 @@ virtio_iommu_translate mr=m rid=24 addr=0x3000 flag=1
         assert_eq!(kinds(&v), vec![Kind::NoTranslations]);
     }
 
+    /// `sg.iommu.map=static`: all RAM mapped once at its own address (q35, 512 MiB).
+    const VIOMMU_STATIC: &str = "\
+virtio_iommu_switch_address_space Device 00:02.0 switching address space (iommu enabled=1)
+virtio_iommu_get_domain Alloc domain=0
+virtio_iommu_attach domain=0 endpoint=16
+virtio_iommu_map domain=0 virt_start=0x1000 virt_end=0x9efff phys_start=0x1000 flags=3
+virtio_iommu_map domain=0 virt_start=0x100000 virt_end=0x1ffdffff phys_start=0x100000 flags=3
+virtio_iommu_translate mr=virtio-iommu-memory-region-2-16 rid=16 addr=0x1234560 flag=1
+virtio_iommu_translate_out 0x1234560 -> 0x1234560 for sid=16
+virtio_iommu_translate mr=virtio-iommu-memory-region-2-16 rid=16 addr=0x1ffdfff0 flag=2
+virtio_iommu_translate_out 0x1ffdfff0 -> 0x1ffdfff0 for sid=16
+virtio_iommu_unmap domain=0 virt_start=0x1000 virt_end=0x9efff
+virtio_iommu_unmap_done domain=0 virt_start=0x1000 virt_end=0x9efff
+virtio_iommu_unmap domain=0 virt_start=0x100000 virt_end=0x1ffdffff
+virtio_iommu_unmap_done domain=0 virt_start=0x100000 virt_end=0x1ffdffff
+";
+
+    #[test]
+    fn static_domains_map_all_ram_once_and_translate_to_the_iova() {
+        let blk = parse_bdf("00:02.0").unwrap();
+        let cfg = Config {
+            iommu_devices: vec![blk],
+            identity_devices: vec![blk],
+            expect_translations: true,
+            ..Default::default()
+        };
+        // virtio-iommu: two MAPs of hundreds of MiB, followed as two intervals.
+        let v = run(VIOMMU_STATIC, &cfg);
+        assert!(v.passed(), "{v}");
+        let c = &v.spaces[&Space::ViommuDomain { domain: 0 }];
+        assert_eq!(
+            (c.maps, c.unmaps, c.translations, c.live_at_end),
+            (2, 2, 2, 0)
+        );
+        let pages = 0x9e + 0x1fee0;
+        assert_eq!(
+            c.calls(VIOMMU_MAP),
+            Calls {
+                calls: 2,
+                entries: pages
+            }
+        );
+        assert_eq!(
+            c.calls(VIOMMU_UNMAP),
+            Calls {
+                calls: 2,
+                entries: pages
+            }
+        );
+        // A mapping that is not the identity: the translation follows it, and is wrong for a
+        // static domain (and only for one).
+        let shifted = VIOMMU_STATIC
+            .replace("phys_start=0x100000", "phys_start=0x200000")
+            .replace("0x1234560 -> 0x1234560", "0x1234560 -> 0x1334560")
+            .replace("0x1ffdfff0 -> 0x1ffdfff0", "0x1ffdfff0 -> 0x200dfff0");
+        let v = run(&shifted, &cfg);
+        assert_eq!(kinds(&v), vec![Kind::WrongTranslation; 2], "{v}");
+        let dynamic = Config {
+            identity_devices: Vec::new(),
+            ..cfg.clone()
+        };
+        assert!(run(&shifted, &dynamic).passed());
+        // VT-d: 2 MiB and 4 KiB pages, each access at its own address.
+        let vtd = "vtd_dmar_enable enable 1\n\
+                   vtd_switch_address_space Device 00:02.0 switching address space (iommu enabled=1)\n\
+                   vtd_dmar_translate dev 00:02.00 iova 0x1234560 -> gpa 0x1234560 mask 0x1fffff\n\
+                   vtd_dmar_translate dev 00:02.00 iova 0x1ff000 -> gpa 0x1ff000 mask 0xfff\n";
+        let v = run(vtd, &cfg);
+        assert!(v.passed(), "{v}");
+        assert_eq!(v.spaces[&Space::Vtd { device: blk }].translations, 2);
+        let elsewhere = vtd.replace("-> gpa 0x1ff000", "-> gpa 0x3ff000");
+        let v = run(&elsewhere, &cfg);
+        assert_eq!(kinds(&v), vec![Kind::WrongTranslation], "{v}");
+        assert!(v.violations[0].message.contains("static"), "{v}");
+        assert!(run(&elsewhere, &dynamic).passed());
+    }
+
     #[test]
     fn an_unreadable_trace_fails() {
         let log = TraceLog::parse(
@@ -2709,8 +2838,26 @@ virtio_iommu_translate mr=m rid=24 addr=0x3000 flag=1
                 .iommu_devices
                 .is_empty()
         );
+        assert!(c.identity_devices.is_empty());
         let plain = crate::report::Report::parse(lines[3].as_bytes());
         assert_eq!(config_for(&plain.records, Arch::X86_64), Config::default());
+        // A device whose domain is static: its translations must be the identity.
+        let fixed = lines[2]
+            .replace(r#""dma":"iommu+bounce""#, r#""dma":"iommu""#)
+            .replace(
+                r#""result":"ok""#,
+                r#""iommu":{"backend":"vt-d","mode":"static"},"result":"ok""#,
+            );
+        let r = crate::report::Report::parse(fixed.as_bytes());
+        assert_eq!(
+            config_for(&r.records, Arch::X86_64).identity_devices,
+            vec![parse_bdf("00:02.0").unwrap()]
+        );
+        assert!(
+            config_for(&r.records, Arch::Ppc64le)
+                .identity_devices
+                .is_empty()
+        );
         for bad in ["", "00:02", "00:20.0", "00:02.8", "g0:02.0"] {
             assert_eq!(parse_bdf(bad), None, "{bad}");
         }

@@ -68,6 +68,33 @@ pub fn choose(
     Some((u64::try_from(base).ok()?, u64::try_from(size).ok()?))
 }
 
+/// The pieces `[start, end)` of `range` (`[start, end)`) that no run of `covered` (`(base,
+/// bytes)`, sorted, disjoint) covers, in address order.
+pub fn uncovered(range: (u64, u64), covered: &[(u64, u64)]) -> alloc::vec::Vec<(u64, u64)> {
+    let (mut at, end) = range;
+    let mut out = alloc::vec::Vec::new();
+    for &(base, len) in covered {
+        let stop = base.saturating_add(len);
+        if stop <= at {
+            continue;
+        }
+        if base >= end {
+            break;
+        }
+        if base > at {
+            out.push((at, base));
+        }
+        at = stop;
+        if at >= end {
+            break;
+        }
+    }
+    if at < end {
+        out.push((at, end));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -129,6 +156,19 @@ mod tests {
             choose((0, 0xffff), &[(0x9000, 0x1000)], 4096, 0, 4096),
             Some((0x1000, 0x1000))
         );
+    }
+
+    #[test]
+    fn uncovered_pieces() {
+        let runs = [(0x1000, 0x1000), (0x4000, 0x2000)];
+        assert_eq!(
+            uncovered((0, 0x8000), &runs),
+            [(0, 0x1000), (0x2000, 0x4000), (0x6000, 0x8000)]
+        );
+        assert_eq!(uncovered((0x4800, 0x5000), &runs), []);
+        assert_eq!(uncovered((0x1800, 0x4800), &runs), [(0x2000, 0x4000)]);
+        assert_eq!(uncovered((0x9000, 0xa000), &runs), [(0x9000, 0xa000)]);
+        assert_eq!(uncovered((0x9000, 0xa000), &[]), [(0x9000, 0xa000)]);
     }
 
     #[test]

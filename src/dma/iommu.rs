@@ -16,7 +16,8 @@
 //!     the IOVA plus the buffer's offset in its first page; `unmap` removes the entries and
 //!     frees the IOVA pages; `alloc_shared` is page-rounded heap memory mapped the same way;
 //!   - **window** (`iommu`, `iommu+bounce`): a static mapping made once at setup
-//!     ([`IommuDma::map_fixed`]: all of RAM in a DDW window, or only the shared bounce pool),
+//!     ([`IommuDma::map_fixed`]: all of RAM in a DDW window or, on x86, at IOVA = physical
+//!     address ([`identity_dma`], `sg.iommu.map=static`), or only the shared bounce pool),
 //!     and every request goes to an inner [`Dma`] (`Direct`, or the bounce pool) whose device
 //!     address is shifted by the window's offset. No IOMMU work per request.
 //!
@@ -150,8 +151,9 @@ pub trait IommuBackend: Send {
 pub struct DomainInfo {
     /// `tce` (pseries), later `virtio-iommu`, `vt-d`.
     pub backend: &'static str,
-    /// How the domain was made: `dynamic` (the pseries default window), `ddw` (a dynamic DMA
-    /// window the guest created).
+    /// How the domain was made: `dynamic` (the pseries default window; an x86 domain that maps
+    /// per request or the pool), `ddw` (a dynamic DMA window the guest created), `static` (an
+    /// x86 domain with all RAM mapped at IOVA = physical address, `sg.iommu.map=static`).
     pub mode: &'static str,
     /// What is mapped: `per-map` (each request), `ram` (all RAM at setup), `pool` (the shared
     /// bounce pool at setup).
@@ -967,6 +969,126 @@ pub fn per_device_dma(
             Ok(dma)
         }
     }
+}
+
+/// `sg.iommu.map`: how an x86 IOMMU domain of a normal guest maps the device's memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IommuMap {
+    /// Each request's pages while it is in flight (the default, as Linux's DMA API does).
+    Dynamic,
+    /// All RAM once at setup at IOVA = physical address; nothing per request (the x86
+    /// counterpart of a pseries DDW window).
+    Static,
+}
+
+impl IommuMap {
+    pub const EXPECTED: &'static str = "dynamic|static";
+
+    pub fn parse(v: &str) -> Option<Self> {
+        match v {
+            "dynamic" => Some(IommuMap::Dynamic),
+            "static" => Some(IommuMap::Static),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IommuMap::Dynamic => "dynamic",
+            IommuMap::Static => "static",
+        }
+    }
+}
+
+/// The mapping an x86 domain uses and why (its `mode_reason`), from `sg.iommu.map` (`None`:
+/// not given) and whether the guest is secure (`pool`): a secure guest's domain maps the shared
+/// pool and nothing else, whatever `sg.iommu.map` says.
+pub fn x86_map_mode(map: Option<IommuMap>, pool: bool) -> (IommuMap, &'static str) {
+    match (map, pool) {
+        (Some(IommuMap::Static), true) => (
+            IommuMap::Dynamic,
+            "secure: only the shared pool is mapped (sg.iommu.map=static has no effect)",
+        ),
+        (_, true) => (IommuMap::Dynamic, "secure: only the shared pool is mapped"),
+        (None, false) => (
+            IommuMap::Dynamic,
+            "default (sg.iommu.map=dynamic): each request mapped, as Linux's DMA API does",
+        ),
+        (Some(IommuMap::Dynamic), false) => (IommuMap::Dynamic, "sg.iommu.map=dynamic"),
+        (Some(IommuMap::Static), false) => (IommuMap::Static, "sg.iommu.map=static"),
+    }
+}
+
+/// Why a static domain cannot be made: RAM lies outside what the IOMMU translates.
+pub const STATIC_BEYOND_INPUT: &str = "sg.iommu.map=static: RAM beyond the IOVAs the IOMMU \
+     translates (virtio-iommu: its input_range; VT-d: its address width)";
+
+/// An IOVA range a domain must never map (inclusive bounds), and the error of a static domain
+/// whose RAM would cover part of it.
+pub type ReservedIova = (u64, u64, &'static str);
+
+/// The runs `(IOVA = physical address, bytes)` of a static (identity) domain: the whole
+/// `page`-sized pages of each RAM range (`ram`: `[base, end)`, sorted, disjoint). A partial
+/// page at either end of a range is left out (it is not all RAM), and so is page 0, so that a
+/// zero device address still faults; this guest never gives a device either. Every run must lie
+/// inside `input` (inclusive: what the IOMMU translates) and clear of every `reserved` range:
+/// RAM that does not fit fails the setup (with the reserved range's error, or
+/// [`STATIC_BEYOND_INPUT`]) rather than being left out quietly.
+pub fn identity_runs(
+    ram: &[(u64, u64)],
+    page: u64,
+    input: (u64, u64),
+    reserved: &[ReservedIova],
+) -> Result<alloc::vec::Vec<(u64, u64)>, DmaError> {
+    let mut runs = alloc::vec::Vec::new();
+    for &(base, end) in ram {
+        let stop = end & !(page - 1);
+        let Some(start) = base.max(page).checked_next_multiple_of(page) else {
+            continue;
+        };
+        if stop <= start {
+            continue;
+        }
+        let len = stop - start;
+        if start < input.0 || stop - 1 > input.1 {
+            return Err(DmaError::InvalidRequest(STATIC_BEYOND_INPUT));
+        }
+        if let Some(&(_, _, why)) = reserved
+            .iter()
+            .find(|&&(lo, hi, _)| lo <= hi && lo < stop && start <= hi)
+        {
+            return Err(DmaError::InvalidRequest(why));
+        }
+        runs.push((start, len));
+    }
+    if runs.is_empty() {
+        return Err(DmaError::InvalidRequest(
+            "sg.iommu.map=static: no whole page of RAM to map",
+        ));
+    }
+    Ok(runs)
+}
+
+/// A static (identity) domain over `backend`: every run of [`identity_runs`] mapped read-write
+/// at its own address, once; requests go to `direct` unchanged (device address = physical
+/// address) and cost the IOMMU nothing. The domain reports mode `static`, mapping `ram`, and
+/// the window `[0, end of the last run)`.
+pub fn identity_dma<'a>(
+    backend: Box<dyn IommuBackend>,
+    mut info: DomainInfo,
+    direct: &'a dyn Dma,
+    runs: &[(u64, u64)],
+) -> Result<IommuDma<'a>, DmaError> {
+    info.mode = IommuMap::Static.as_str();
+    info.mapping = "ram";
+    info.window_base = 0;
+    info.window_size = runs.last().map_or(0, |&(b, l)| b + l);
+    let dma = IommuDma::window("iommu", backend, direct, 0, info);
+    for &(base, len) in runs {
+        dma.map_fixed(base, base, len, Perm::RW)?;
+    }
+    dma.end_setup();
+    Ok(dma)
 }
 
 #[cfg(test)]

@@ -555,10 +555,16 @@ impl TceMode {
 }
 
 /// What a PHB's domain is for.
+#[derive(Clone, Copy)]
 pub enum Target<'a> {
-    /// A normal guest: devices use private memory directly (`iommu`). With DDW all RAM below
-    /// `ram_top` is mapped once and `direct` serves the requests.
-    Direct { ram_top: u64, direct: &'a dyn Dma },
+    /// A normal guest: devices use private memory directly (`iommu`). `ram`: the RAM ranges
+    /// `[base, end)`, sorted and disjoint. With DDW all memory below the end of the last one
+    /// (`ram_top`) is mapped once, with x86's `sg.iommu.map=static` each range at its own
+    /// address, and `direct` serves the requests.
+    Direct {
+        ram: &'a [(u64, u64)],
+        direct: &'a dyn Dma,
+    },
     /// A secure guest (`iommu+bounce`): only the shared pool `[phys, phys + size)` is ever
     /// mapped, once; `bounce` serves the requests. `phys` is also the pool's device address on
     /// the bounce path (`Platform::device_addr` is the identity on every platform here), from
@@ -568,6 +574,16 @@ pub enum Target<'a> {
         phys: u64,
         size: u64,
     },
+}
+
+impl Target<'_> {
+    /// The end of the highest RAM range (0 for the pool).
+    pub fn ram_top(&self) -> u64 {
+        match self {
+            Target::Direct { ram, .. } => ram.last().map_or(0, |r| r.1),
+            Target::Pool { .. } => 0,
+        }
+    }
 }
 
 /// What the device tree says about a PHB's TCE IOMMU.
@@ -622,7 +638,7 @@ impl<'a, C: TceCalls + 'static, R: Rtas> TceSetup<'a, C, R> {
             ..DomainInfo::default()
         };
         let (pool, max_page, need) = match self.target {
-            Target::Direct { ram_top, .. } => (None, u64::MAX, ram_top),
+            Target::Direct { .. } => (None, u64::MAX, self.target.ram_top()),
             Target::Pool { phys, size, .. } => {
                 // The largest page that covers nothing but pool pages.
                 let align = 1u64 << (phys | size).trailing_zeros().min(63);
@@ -700,7 +716,8 @@ impl<'a, C: TceCalls + 'static, R: Rtas> TceSetup<'a, C, R> {
             }
         };
         match self.target {
-            Target::Direct { direct, ram_top } => {
+            Target::Direct { direct, .. } => {
+                let ram_top = self.target.ram_top();
                 if mode == TceMode::Dynamic {
                     info.mapping = "per-map";
                     let mut dma = IommuDma::dynamic(Box::new(table), info)?;

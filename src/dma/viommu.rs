@@ -10,10 +10,12 @@
 //! | path | the domain maps | per request |
 //! |---|---|---|
 //! | `iommu` | each buffer, at IOVAs of the domain's aperture | one MAP on map, one UNMAP on unmap |
+//! | `iommu`, `sg.iommu.map=static` | all RAM, once, at setup, IOVA = physical address (one MAP per RAM range) | nothing: the direct path serves the requests |
 //! | `iommu+bounce` | the shared pool, once, at setup (one MAP) | nothing: the bounce path serves the requests |
 //!
 //! The aperture lies inside the device's `input_range` and clear of every reserved region the
-//! endpoint's PROBE named (MSI doorbells included) and of the x86 interrupt window.
+//! endpoint's PROBE named (MSI doorbells included) and of the x86 interrupt window. A static
+//! domain's RAM must too: RAM that does not fails the setup, before ATTACH.
 
 use alloc::boxed::Box;
 use alloc::vec::Vec;
@@ -22,7 +24,8 @@ use crate::dma::DmaError;
 use crate::dma::aperture::{self, X86_INTERRUPT_RANGE};
 use crate::dma::iommu::{
     CallCount, DomainInfo, DomainSetup, IOVA_PAGES_MAX, IommuBackend, IommuDebug, IommuDma,
-    MAX_CALL_KINDS, Perm, per_device_dma,
+    IommuMap, MAX_CALL_KINDS, Perm, ReservedIova, identity_dma, identity_runs, per_device_dma,
+    x86_map_mode,
 };
 use crate::dma::tce::Target;
 use crate::virtio::iommu::{
@@ -36,10 +39,10 @@ use crate::virtio::wait::Clock;
 pub struct Attached {
     pub endpoint: u32,
     pub domain: u32,
-    /// The static mapping of a pool domain: (IOVA, bytes).
-    pub fixed: Option<(u64, u64)>,
-    /// `sg.debug.map_private` (test only): the private page mapped after the pool (IOVA, bytes).
-    pub private: Option<(u64, u64)>,
+    /// The static mappings made at setup, (IOVA, bytes): the pool of a pool domain (and, with
+    /// `sg.debug.map_private`, test only, the private page after it), or each RAM range of a
+    /// static domain. The teardown unmaps each.
+    pub fixed: Vec<(u64, u64)>,
     /// What PROBE said.
     pub reserved: Vec<ResvRegion>,
 }
@@ -79,7 +82,7 @@ impl<'d, T: Transport + ?Sized, C: Clock> ViommuIommu<'d, T, C> {
         };
         let mut first = Ok(());
         for a in &self.attached {
-            for (iova, len) in a.fixed.into_iter().chain(a.private) {
+            for &(iova, len) in &a.fixed {
                 let r = d.request(&Request::Unmap {
                     domain: a.domain,
                     virt_start: iova,
@@ -180,6 +183,8 @@ pub struct ViommuSetup<T: Transport + ?Sized + 'static, C: Clock + 'static> {
     pub iommu: &'static spin::Mutex<ViommuIommu<'static, T, C>>,
     pub endpoint: u32,
     pub target: Target<'static>,
+    /// `sg.iommu.map`; `None`: the default (dynamic).
+    pub map: Option<IommuMap>,
     /// `sg.debug.unmap_early` (per-map domains), `sg.debug.map_private` (pool domains): test
     /// only.
     pub debug: IommuDebug,
@@ -191,18 +196,72 @@ impl<T: Transport + ?Sized + Send + 'static, C: Clock + Send + 'static> ViommuSe
         let d = io.driver.as_mut().ok_or(DOWN)?;
         let requests_before = d.counts.requests();
         let reserved = d.probe(self.endpoint)?;
-        let domain = d.new_domain()?;
-        d.request(&Request::Attach {
-            domain,
-            endpoint: self.endpoint,
-        })?;
         // 4 KiB pages where the device's granule is smaller (any multiple of it is a valid
         // mapping); its granule where larger.
         let page_shift = d.granule.max(12);
         let page = 1u64 << page_shift;
         let page_sizes = d.config.page_size_mask & !(page - 1);
         let input = (d.config.input_start, d.config.input_end);
+        let (map, mode_reason) = x86_map_mode(self.map, matches!(self.target, Target::Pool { .. }));
+        // A static domain's RAM must fit what the device translates: checked before ATTACH,
+        // so that a domain that cannot be made leaves nothing behind.
+        let identity = match (map, self.target) {
+            (IommuMap::Static, Target::Direct { ram, direct }) => {
+                // The interrupt window first: QEMU's PROBE names it too (as an MSI region).
+                let mut cuts: Vec<ReservedIova> = alloc::vec![(
+                    X86_INTERRUPT_RANGE.0,
+                    X86_INTERRUPT_RANGE.1,
+                    STATIC_OVER_INTERRUPTS,
+                )];
+                cuts.extend(
+                    reserved
+                        .iter()
+                        .map(|r| (r.start, r.end, STATIC_OVER_PROBED)),
+                );
+                Some((identity_runs(ram, page, input, &cuts)?, direct))
+            }
+            _ => None,
+        };
+        let domain = d.new_domain()?;
+        d.request(&Request::Attach {
+            domain,
+            endpoint: self.endpoint,
+        })?;
         let setup_calls = d.counts.requests() - requests_before;
+        let backend = |aperture: (u64, u64)| {
+            Box::new(ViommuDomain {
+                iommu: self.iommu,
+                domain,
+                page_shift,
+                page_sizes,
+                aperture,
+                kinds: [
+                    CallCount::named("MAP"),
+                    CallCount::named("UNMAP"),
+                    CallCount::default(),
+                ],
+            })
+        };
+        let info = DomainInfo {
+            backend: "virtio-iommu",
+            mode: IommuMap::Dynamic.as_str(),
+            mode_reason,
+            id: u64::from(domain),
+            setup_calls,
+            ..DomainInfo::default()
+        };
+        if let Some((runs, direct)) = identity {
+            io.attached.push(Attached {
+                endpoint: self.endpoint,
+                domain,
+                fixed: runs.clone(),
+                reserved,
+            });
+            drop(io);
+            let top = runs.last().map_or(0, |&(b, l)| b + l);
+            // One MAP per RAM range.
+            return identity_dma(backend((runs[0].0, top - runs[0].0)), info, direct, &runs);
+        }
         let mut cuts: Vec<(u64, u64)> = reserved.iter().map(|r| (r.start, r.end)).collect();
         cuts.push(X86_INTERRUPT_RANGE);
         let pool = match &self.target {
@@ -214,13 +273,18 @@ impl<T: Transport + ?Sized + Send + 'static, C: Clock + Send + 'static> ViommuSe
         let want = pool.map_or(IOVA_PAGES_MAX << page_shift, |s| s + private_len);
         let chosen = aperture::choose(input, &cuts, page, aperture::PREFERRED_BASE, want);
         let fixed = match (pool, chosen) {
-            (Some(size), Some((base, got))) if got >= size + private_len => Some((base, size)),
+            (Some(size), Some((base, got))) if got >= size + private_len => {
+                let mut f = alloc::vec![(base, size)];
+                if private_len > 0 {
+                    f.push((base + size, private_len));
+                }
+                f
+            }
             (Some(size), _) => {
                 io.attached.push(Attached {
                     endpoint: self.endpoint,
                     domain,
-                    fixed: None,
-                    private: None,
+                    fixed: Vec::new(),
                     reserved,
                 });
                 return Err(DmaError::TooLarge {
@@ -228,47 +292,27 @@ impl<T: Transport + ?Sized + Send + 'static, C: Clock + Send + 'static> ViommuSe
                     limit: chosen.map_or(0, |(_, s)| usize::try_from(s).unwrap_or(usize::MAX)),
                 });
             }
-            _ => None,
+            _ => Vec::new(),
         };
         io.attached.push(Attached {
             endpoint: self.endpoint,
             domain,
             fixed,
-            private: fixed
-                .filter(|_| private_len > 0)
-                .map(|(b, s)| (b + s, private_len)),
             reserved,
         });
         drop(io);
         let (base, size) = chosen.ok_or(DmaError::InvalidRequest(
             "no IOVA range clear of reserved ones",
         ))?;
-        let backend = Box::new(ViommuDomain {
-            iommu: self.iommu,
-            domain,
-            page_shift,
-            page_sizes,
-            aperture: (base, size),
-            kinds: [
-                CallCount::named("MAP"),
-                CallCount::named("UNMAP"),
-                CallCount::default(),
-            ],
-        });
         let info = DomainInfo {
-            backend: "virtio-iommu",
-            mode: "dynamic",
-            mode_reason: "one domain per endpoint, attached on first use",
-            id: u64::from(domain),
             window_base: base,
             window_size: size,
-            setup_calls,
-            ..DomainInfo::default()
+            ..info
         };
         // A private page after the pool (test only, sg.debug.map_private): the host's IOMMU
         // trace oracle must fail.
         per_device_dma(
-            backend,
+            backend((base, size)),
             info,
             &self.target,
             base,
@@ -277,6 +321,12 @@ impl<T: Transport + ?Sized + Send + 'static, C: Clock + Send + 'static> ViommuSe
         )
     }
 }
+
+/// Why a static domain cannot be made: its RAM covers a reserved region.
+const STATIC_OVER_PROBED: &str =
+    "sg.iommu.map=static: RAM overlaps a reserved region the virtio-iommu's PROBE named";
+const STATIC_OVER_INTERRUPTS: &str =
+    "sg.iommu.map=static: RAM overlaps the x86 interrupt window 0xfee00000-0xfeefffff";
 
 impl<T: Transport + ?Sized + Send + 'static, C: Clock + Send + 'static> DomainSetup<'static>
     for ViommuSetup<T, C>

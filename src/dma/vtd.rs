@@ -20,7 +20,9 @@
 //!    second-level translation, the domain's AW and DID). Not-present entries are not cached
 //!    unless `CAP.CM` (caching mode), so only then is the context cache invalidated.
 //! 4. Per request: [`SlTable::map`] writes leaf entries (and, under caching mode only, an
-//!    IOTLB invalidation follows); [`SlTable::unmap`] clears them and
+//!    IOTLB invalidation follows); a static domain (`sg.iommu.map=static`) maps all RAM once
+//!    instead, with 2 MiB entries (level-2, PS) where `CAP.SLLPS` offers them
+//!    ([`SlTable::set_large_pages`]); [`SlTable::unmap`] clears them and
 //!    [`VtdUnit::flush_iotlb`] invalidates them: page-selective (`CAP.PSI`, one aligned
 //!    power-of-two block up to `CAP.MAMV`) or else domain-selective.
 //! 5. [`VtdUnit::collect_faults`] reads FSTS and the fault-recording registers and clears them.
@@ -104,6 +106,8 @@ mod fsts {
 /// Second-level entry bits.
 pub const PTE_R: u64 = 1 << 0;
 pub const PTE_W: u64 = 1 << 1;
+/// Page size: a level-2 entry that maps 2 MiB itself.
+pub const PTE_PS: u64 = 1 << 7;
 const PTE_ADDR: u64 = 0x000f_ffff_ffff_f000;
 const PAGE: u64 = 4096;
 const ENTRIES: usize = 512;
@@ -354,17 +358,52 @@ impl Table {
     }
 }
 
-/// A domain's second-level page table: 4 KiB pages, `levels` deep.
+/// The level-2 table of `iova` in the `levels`-deep table at `root`, creating the tables that
+/// are missing (from `dma`, counted in `made`).
+fn directory_in<'t>(
+    root: &'t mut Table,
+    levels: u32,
+    iova: u64,
+    dma: &dyn Dma,
+    flush: CacheFlush,
+    made: &mut u64,
+) -> Result<&'t mut Table, DmaError> {
+    let mut t = root;
+    for level in (3..=levels).rev() {
+        let i = index(iova, level);
+        if t.next[i].is_none() {
+            let child = Table::new(dma, false)?;
+            let addr = child.region.device_addr().as_u64();
+            // Non-leaf entries grant both: the leaf decides (access needs every level).
+            t.write(i, (addr & PTE_ADDR) | PTE_R | PTE_W, flush);
+            t.next[i] = Some(child);
+            *made += 1;
+        }
+        t = t.next[i].as_deref_mut().expect("just made");
+    }
+    Ok(t)
+}
+
+/// A domain's second-level page table, `levels` deep: 4 KiB pages, and 2 MiB pages (level-2
+/// entries with PS set) where [`SlTable::set_large_pages`] allows them.
 pub struct SlTable<'d> {
     dma: &'d dyn Dma,
     flush: CacheFlush,
     levels: u32,
     root: Box<Table>,
+    /// Maps use 2 MiB entries wherever an aligned 2 MiB of the run fits one.
+    large_pages: bool,
     /// Table pages allocated (the root included).
     pub table_pages: u64,
-    /// Leaf entries present.
+    /// 4 KiB pages mapped (a 2 MiB entry counts 512).
     pub mapped_pages: u64,
+    /// 2 MiB entries present.
+    pub large_entries: u64,
 }
+
+/// 4 KiB pages in a 2 MiB page.
+const LARGE_PAGES: u64 = ENTRIES as u64;
+const LARGE: u64 = LARGE_PAGES * PAGE;
 
 impl<'d> SlTable<'d> {
     pub fn new(dma: &'d dyn Dma, levels: u32, flush: CacheFlush) -> Result<Self, DmaError> {
@@ -374,9 +413,17 @@ impl<'d> SlTable<'d> {
             flush,
             levels,
             root: Table::new(dma, false)?,
+            large_pages: false,
             table_pages: 1,
             mapped_pages: 0,
+            large_entries: 0,
         })
+    }
+
+    /// Lets maps use 2 MiB entries (the unit must offer them: `CAP.SLLPS` bit 0). For static
+    /// mappings: a 2 MiB entry can only be unmapped whole, by a run that covers it.
+    pub fn set_large_pages(&mut self, on: bool) {
+        self.large_pages = on;
     }
 
     /// The device address of the top-level table (for the context entry).
@@ -388,41 +435,101 @@ impl<'d> SlTable<'d> {
         self.levels
     }
 
-    /// The leaf table of `iova`, if every table on the way exists.
-    fn leaf(&self, iova: u64) -> Option<&Table> {
+    /// The level-2 table (its entries map 2 MiB each) of `iova`, if every table on the way
+    /// exists. Its `present` bits are its 2 MiB entries; `next` its leaf tables.
+    fn directory(&self, iova: u64) -> Option<&Table> {
         let mut t = &*self.root;
-        for level in (2..=self.levels).rev() {
+        for level in (3..=self.levels).rev() {
             t = t.next[index(iova, level)].as_deref()?;
         }
         Some(t)
     }
 
-    /// The leaf table of `iova`, creating what is missing.
+    /// The level-2 table of `iova`, creating what is missing.
+    fn directory_mut(&mut self, iova: u64) -> Result<&mut Table, DmaError> {
+        let made = &mut self.table_pages;
+        directory_in(
+            &mut self.root,
+            self.levels,
+            iova,
+            self.dma,
+            self.flush,
+            made,
+        )
+    }
+
+    /// The leaf table of `iova`, creating what is missing. Never under a 2 MiB entry (callers
+    /// check that none covers `iova`).
     fn leaf_mut(&mut self, iova: u64) -> Result<&mut Table, DmaError> {
         let (dma, flush) = (self.dma, self.flush);
-        let mut t = &mut *self.root;
-        for level in (2..=self.levels).rev() {
-            let i = index(iova, level);
-            if t.next[i].is_none() {
-                let child = Table::new(dma, level == 2)?;
-                let addr = child.region.device_addr().as_u64();
-                // Non-leaf entries grant both: the leaf decides (access needs every level).
-                t.write(i, (addr & PTE_ADDR) | PTE_R | PTE_W, flush);
-                t.next[i] = Some(child);
-                self.table_pages += 1;
-            }
-            t = t.next[i].as_deref_mut().expect("just made");
+        let made = &mut self.table_pages;
+        let d = directory_in(&mut self.root, self.levels, iova, dma, flush, made)?;
+        let i = index(iova, 2);
+        debug_assert!(!d.is_present(i), "a leaf table under a 2 MiB entry");
+        if d.next[i].is_none() {
+            let child = Table::new(dma, true)?;
+            let addr = child.region.device_addr().as_u64();
+            // Non-leaf entries grant both: the leaf decides (access needs every level).
+            d.write(i, (addr & PTE_ADDR) | PTE_R | PTE_W, flush);
+            d.next[i] = Some(child);
+            *made += 1;
         }
-        Ok(t)
+        Ok(d.next[i].as_deref_mut().expect("just made"))
     }
 
-    fn mapped(&self, iova: u64) -> bool {
-        self.leaf(iova)
-            .is_some_and(|t| t.is_present(index(iova, 1)))
+    /// Calls `f(first, pages, covered)` for each piece of the run `pages` pages at `iova` that
+    /// lies in one 2 MiB region, with how the table covers it: `Some(true)` a 2 MiB entry,
+    /// `Some(false)` a leaf table, `None` nothing. Stops when `f` returns false; returns
+    /// whether every call returned true.
+    fn each_region(
+        &self,
+        iova: u64,
+        pages: u64,
+        mut f: impl FnMut(u64, u64, Option<(bool, &Table)>) -> bool,
+    ) -> bool {
+        let end = iova + pages * PAGE;
+        let mut at = iova;
+        while at < end {
+            let stop = ((at / LARGE) + 1).saturating_mul(LARGE).min(end);
+            let n = (stop - at) / PAGE;
+            let cover = self.directory(at).and_then(|d| {
+                let i = index(at, 2);
+                if d.is_present(i) {
+                    Some((true, d))
+                } else {
+                    d.next[i].as_deref().map(|l| (false, l))
+                }
+            });
+            if !f(at, n, cover) {
+                return false;
+            }
+            at = stop;
+        }
+        true
     }
 
-    /// Maps `pages` pages at `iova` to `phys..` with `perm` (`PTE_R` / `PTE_W` bits). All or
-    /// nothing: a page already mapped refuses the whole run, and a table that cannot be
+    /// Whether any page of the run is mapped.
+    fn any_mapped(&self, iova: u64, pages: u64) -> bool {
+        !self.each_region(iova, pages, |at, n, cover| match cover {
+            None => true,
+            Some((true, _)) => false,
+            Some((false, leaf)) => (0..n).all(|p| !leaf.is_present(index(at + p * PAGE, 1))),
+        })
+    }
+
+    /// Whether every page of the run is mapped, and every 2 MiB entry it touches it covers
+    /// whole.
+    fn all_mapped(&self, iova: u64, pages: u64) -> bool {
+        self.each_region(iova, pages, |at, n, cover| match cover {
+            None => false,
+            Some((true, _)) => n == LARGE_PAGES,
+            Some((false, leaf)) => (0..n).all(|p| leaf.is_present(index(at + p * PAGE, 1))),
+        })
+    }
+
+    /// Maps `pages` pages at `iova` to `phys..` with `perm` (`PTE_R` / `PTE_W` bits), with a
+    /// 2 MiB entry for every aligned 2 MiB of the run that fits one when large pages are on.
+    /// All or nothing: a page already mapped refuses the whole run, and a table that cannot be
     /// allocated undoes what this call mapped (empty tables stay for later use).
     pub fn map(&mut self, iova: u64, phys: u64, pages: u64, perm: u64) -> Result<(), DmaError> {
         let len = pages.checked_mul(PAGE);
@@ -445,35 +552,68 @@ impl<'d> SlTable<'d> {
                 "VT-d map of an address beyond 52 bits",
             ));
         }
-        if (0..pages).any(|p| self.mapped(iova + p * PAGE)) {
+        if self.any_mapped(iova, pages) {
             return Err(DmaError::InvalidRequest("IOVA already mapped"));
         }
         let flush = self.flush;
-        for p in 0..pages {
-            let at = iova + p * PAGE;
-            let leaf = match self.leaf_mut(at) {
-                Ok(l) => l,
+        let bits = perm & (PTE_R | PTE_W);
+        let mut p = 0;
+        while p < pages {
+            let (at, to) = (iova + p * PAGE, phys + p * PAGE);
+            let large = self.large_pages
+                && at.is_multiple_of(LARGE)
+                && to.is_multiple_of(LARGE)
+                && pages - p >= LARGE_PAGES;
+            let done = if large {
+                self.map_large(at, to, bits)
+            } else {
+                self.leaf_mut(at).map(|leaf| {
+                    let i = index(at, 1);
+                    leaf.write(i, (to & PTE_ADDR) | bits, flush);
+                    leaf.set_present(i, true);
+                    1
+                })
+            };
+            match done {
+                Ok(n) => {
+                    p += n;
+                    self.mapped_pages += n;
+                }
                 Err(e) => {
                     if p > 0 {
                         let _ = self.unmap(iova, p);
                     }
                     return Err(e);
                 }
-            };
-            let i = index(at, 1);
-            leaf.write(
-                i,
-                ((phys + p * PAGE) & PTE_ADDR) | (perm & (PTE_R | PTE_W)),
-                flush,
-            );
-            leaf.set_present(i, true);
-            self.mapped_pages += 1;
+            }
         }
         Ok(())
     }
 
-    /// Clears the entries of `pages` pages at `iova`; every one must be mapped (else nothing
-    /// changes). The IOTLB still holds them until invalidated.
+    /// One 2 MiB entry at `iova` (aligned, nothing mapped there); returns the pages mapped. A
+    /// leaf table left there by earlier 4 KiB mappings stays, and the 2 MiB become 512 entries
+    /// of it instead.
+    fn map_large(&mut self, iova: u64, phys: u64, bits: u64) -> Result<u64, DmaError> {
+        let flush = self.flush;
+        let d = self.directory_mut(iova)?;
+        let i = index(iova, 2);
+        if let Some(leaf) = d.next[i].as_deref_mut() {
+            for p in 0..LARGE_PAGES {
+                let j = index(iova + p * PAGE, 1);
+                leaf.write(j, ((phys + p * PAGE) & PTE_ADDR) | bits, flush);
+                leaf.set_present(j, true);
+            }
+            return Ok(LARGE_PAGES);
+        }
+        d.write(i, (phys & PTE_ADDR) | bits | PTE_PS, flush);
+        d.set_present(i, true);
+        self.large_entries += 1;
+        Ok(LARGE_PAGES)
+    }
+
+    /// Clears the entries of `pages` pages at `iova`; every one must be mapped, and a 2 MiB
+    /// entry covered whole (else nothing changes). The IOTLB still holds them until
+    /// invalidated.
     pub fn unmap(&mut self, iova: u64, pages: u64) -> Result<(), DmaError> {
         if pages == 0
             || !iova.is_multiple_of(PAGE)
@@ -481,17 +621,31 @@ impl<'d> SlTable<'d> {
         {
             return Err(DmaError::InvalidRequest("VT-d unmap unaligned or empty"));
         }
-        if !(0..pages).all(|p| self.mapped(iova + p * PAGE)) {
-            return Err(DmaError::InvalidRequest("IOVA not mapped"));
+        if !self.all_mapped(iova, pages) {
+            return Err(DmaError::InvalidRequest(
+                "IOVA not mapped, or part of a 2 MiB page",
+            ));
         }
         let flush = self.flush;
-        for p in 0..pages {
+        let mut p = 0;
+        while p < pages {
             let at = iova + p * PAGE;
+            let d = self.directory_mut(at)?;
+            let i = index(at, 2);
+            if d.is_present(i) {
+                d.write(i, 0, flush);
+                d.set_present(i, false);
+                self.large_entries -= 1;
+                self.mapped_pages -= LARGE_PAGES;
+                p += LARGE_PAGES;
+                continue;
+            }
             let leaf = self.leaf_mut(at)?;
-            let i = index(at, 1);
-            leaf.write(i, 0, flush);
-            leaf.set_present(i, false);
+            let j = index(at, 1);
+            leaf.write(j, 0, flush);
+            leaf.set_present(j, false);
             self.mapped_pages -= 1;
+            p += 1;
         }
         Ok(())
     }

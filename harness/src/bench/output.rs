@@ -373,6 +373,7 @@ fn colour(p: &str) -> &'static str {
         "iommu" => "#59a14f",
         "iommu+bounce" => "#e15759",
         "ddw" => "#b07aa1",
+        "iommu-static" => "#76b7b2",
         _ => "#999999",
     }
 }

@@ -84,8 +84,12 @@ fn every_machine_and_path_has_a_setup_or_a_reason() {
                             (m, p),
                             (
                                 Machine::Microvm,
-                                DmaPath::Iommu | DmaPath::IommuBounce | DmaPath::Ddw
+                                DmaPath::Iommu
+                                    | DmaPath::IommuBounce
+                                    | DmaPath::Ddw
+                                    | DmaPath::IommuStatic
                             ) | (Machine::Q35, DmaPath::Ddw)
+                                | (Machine::Pseries, DmaPath::IommuStatic)
                         ),
                         "{m} {p:?}: {why}"
                     );
@@ -103,6 +107,17 @@ fn every_machine_and_path_has_a_setup_or_a_reason() {
     assert_eq!(
         path_setup(Machine::Q35, DmaPath::Iommu).unwrap().extra_args,
         ["-device", "virtio-iommu-pci"]
+    );
+    let s = path_setup(Machine::Q35, DmaPath::IommuStatic).unwrap();
+    assert_eq!(s.append, ["sg.dma=iommu", "sg.iommu.map=static"]);
+    assert_eq!(s.extra_args, ["-device", "virtio-iommu-pci"]);
+    assert_eq!(DmaPath::IommuStatic.as_str(), "iommu-static");
+    assert_eq!(
+        (
+            DmaPath::IommuStatic.expected_dma(),
+            DmaPath::IommuStatic.expected_mode()
+        ),
+        ("iommu", Some("static"))
     );
 }
 
@@ -312,6 +327,23 @@ fn the_probe_says_why_a_path_is_not_available() {
         e.unwrap_err()
             .contains("is missing (no reason given), not ddw")
     );
+    // `iommu-static` too: a guest that runs its virtio-iommu domain dynamic is not the cell.
+    let fixed = with_iommu(&blk("iommu", 65536, 100, 0, 0), "virtio-iommu", "static", 0);
+    let run = fake_run(&[BOOT, &fixed, END], Outcome::Pass);
+    assert_eq!(probe_verdict(&run, DmaPath::IommuStatic), Ok(()));
+    let e = probe_verdict(&run, DmaPath::Iommu).unwrap_err();
+    assert!(e.contains("is static"), "{e}");
+    let dynamic = with_iommu(
+        &blk("iommu", 65536, 100, 0, 0),
+        "virtio-iommu",
+        "dynamic",
+        64,
+    );
+    let e = probe_verdict(
+        &fake_run(&[BOOT, &dynamic, END], Outcome::Pass),
+        DmaPath::IommuStatic,
+    );
+    assert!(e.unwrap_err().contains("not static"));
 }
 
 #[test]
@@ -599,13 +631,13 @@ fn markdown_csv_and_svg() {
     assert!(svg.starts_with("<svg ") && svg.trim_end().ends_with("</svg>"));
     assert_eq!(svg.matches("<svg").count(), 1);
     // Two panels × (three measured bars) with a whisker each; n/a for the other paths.
-    assert_eq!(svg.matches("<rect x=").count(), 5 + 2 * 3, "legend + bars");
+    assert_eq!(svg.matches("<rect x=").count(), 6 + 2 * 3, "legend + bars");
     assert_eq!(
         svg.matches("stroke=\"black\"/>").count(),
         2 * 3 + 2,
         "whiskers + axes"
     );
-    assert_eq!(svg.matches(">n/a</text>").count(), 2 * (2 * 5 - 3));
+    assert_eq!(svg.matches(">n/a</text>").count(), 2 * (2 * 6 - 3));
     assert!(
         svg.contains("<title>q35 bounce: 125 MB/s (min 112, max 150)</title>"),
         "{svg}"

@@ -70,11 +70,11 @@ pub fn domain_index(tree: &DeviceTree, host_index: usize) -> Option<usize> {
 
 /// One domain per PHB with an `ibm,dma-window`, in tree order. `pool` (phys, size, its bounce
 /// path) on a secure guest: the domains map only the pool; otherwise they serve private memory
-/// (`direct`, all RAM below `ram_top` with DDW).
+/// (`direct`, all RAM below the top of `ram` with DDW).
 pub fn iommu_domains<'a>(
     tree: &DeviceTree,
     opts: &Options,
-    ram_top: u64,
+    ram: &'a [(u64, u64)],
     direct: &'a dyn Dma,
     pool: Option<(&'a dyn Dma, u64, u64)>,
 ) -> Vec<LazyDomain<'a>> {
@@ -100,7 +100,7 @@ pub fn iommu_domains<'a>(
         };
         let target = match pool {
             Some((bounce, phys, size)) => Target::Pool { bounce, phys, size },
-            None => Target::Direct { ram_top, direct },
+            None => Target::Direct { ram, direct },
         };
         let setup = TceSetup {
             phb: PhbTce {

@@ -52,6 +52,19 @@ pub use virtio::virtio_devices_with;
 /// The TCE domains need nothing at the end of the run: the hypervisor owns the tables.
 pub fn iommu_finish() {}
 
+/// Options that do nothing on pseries, for a warning each: `sg.iommu.map` is the x86 IOMMUs'
+/// mode; a PHB's TCE mode is `sg.tce`.
+pub fn option_notes(
+    opts: &secure_guest::cmdline::Options,
+) -> Option<secure_guest::cmdline::Diagnostic> {
+    opts.iommu_map
+        .map(|m| secure_guest::cmdline::Diagnostic::NoEffect {
+            option: "sg.iommu.map",
+            value: m.as_str(),
+            why: "no effect on pseries: sg.tce selects the TCE mode",
+        })
+}
+
 global_asm!(
     concat!(
         include_str!("../../../boot/ppc64/be.S"),

@@ -146,19 +146,20 @@ fn settings(opts: &Options) -> Settings {
 
 /// One domain per virtio PCI function behind the machine's IOMMU (VT-d when the DMAR names a
 /// unit, else a virtio-iommu), in PCI order. `pool` (its path, phys, size) on a secure guest:
-/// the domains map only the pool, and the IOMMU's own tables and queues live in it.
+/// the domains map only the pool, and the IOMMU's own tables and queues live in it. `ram`: the
+/// RAM ranges, which a static domain (`sg.iommu.map=static`) maps at their own addresses.
 #[inline(never)]
 pub fn iommu_domains(
     tree: &DeviceTree,
     opts: &Options,
-    ram_top: u64,
+    ram: &'static [(u64, u64)],
     direct: &'static dyn Dma,
     pool: Option<(&'static dyn Dma, u64, u64)>,
 ) -> Vec<LazyDomain<'static>> {
     let own_dma = pool.map_or(direct, |p| p.0);
     let target = || match pool {
         Some((bounce, phys, size)) => Target::Pool { bounce, phys, size },
-        None => Target::Direct { ram_top, direct },
+        None => Target::Direct { ram, direct },
     };
     let clock = TickClock::new(super::now_ticks, super::tick_hz());
     let virtio: Vec<&PciFunction> = tree
@@ -204,6 +205,7 @@ pub fn iommu_domains(
                         sid: *sid,
                         target: target(),
                         rmrrs: rmrrs.clone(),
+                        map: opts.iommu_map,
                         debug: opts.debug_iommu,
                     };
                     domains.push(LazyDomain::new(bdf_str(*sid), Box::new(setup)));
@@ -280,6 +282,7 @@ pub fn iommu_domains(
                     iommu: io,
                     endpoint,
                     target: target(),
+                    map: opts.iommu_map,
                     debug: opts.debug_iommu,
                 };
                 domains.push(LazyDomain::new(bdf_str(b), Box::new(setup)));

@@ -109,6 +109,13 @@ pub fn power_off(verdict: Verdict) -> ! {
 /// (`crate::early_fatal`).
 pub fn report_early_errors() {}
 
+/// Options that do nothing on this arch, for a warning each: none on x86.
+pub fn option_notes(
+    _opts: &secure_guest::cmdline::Options,
+) -> Option<secure_guest::cmdline::Diagnostic> {
+    None
+}
+
 pub fn arch_devices(tree: &mut DeviceTree) {
     let machine = MACHINE.get().copied().unwrap_or("unknown");
     if machine == "q35" || machine == "pc" {

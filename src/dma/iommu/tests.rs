@@ -714,3 +714,108 @@ fn debug_unmap_early_removes_streaming_mappings_at_once() {
     // `m` is never unmapped: its IOVA run stays allocated.
     let _ = m;
 }
+
+#[test]
+fn identity_runs_are_whole_pages_of_ram_clear_of_reserved_ranges() {
+    const MSI: ReservedIova = (0xfee0_0000, 0xfeef_ffff, "msi");
+    let q35 = [(0, 0x9_fc00), (0x10_0000, 0x2000_0000)];
+    let all = (0, u64::MAX);
+    // Page 0 and the partial page at 0x9f000 left out.
+    assert_eq!(
+        identity_runs(&q35, 4096, all, &[MSI]),
+        Ok(vec![(0x1000, 0x9_e000), (0x10_0000, 0x1ff0_0000)])
+    );
+    // 64 KiB pages: only whole ones.
+    assert_eq!(
+        identity_runs(&q35, 1 << 16, all, &[MSI]),
+        Ok(vec![(0x1_0000, 0x8_0000), (0x10_0000, 0x1ff0_0000)])
+    );
+    // RAM that meets a reserved range fails with its reason, never quietly shrinks.
+    let e = identity_runs(&[(0x10_0000, 0x1_0000_0000)], 4096, all, &[MSI]);
+    assert_eq!(e, Err(DmaError::InvalidRequest("msi")));
+    let e = identity_runs(&q35, 4096, all, &[MSI, (0x9_e000, 0x9_efff, "last page")]);
+    assert_eq!(e, Err(DmaError::InvalidRequest("last page")));
+    // ... unless it only meets the part of a page that is not RAM anyway, or is inverted.
+    assert!(identity_runs(&q35, 4096, all, &[(0x9_f000, 0x9_ffff, "x"), (9, 1, "y")]).is_ok());
+    // Beyond what the IOMMU translates.
+    let beyond = Err(DmaError::InvalidRequest(STATIC_BEYOND_INPUT));
+    assert_eq!(identity_runs(&q35, 4096, (0, 0xfff_ffff), &[]), beyond);
+    assert_eq!(identity_runs(&q35, 4096, (0x2000, u64::MAX), &[]), beyond);
+    assert!(
+        identity_runs(&q35, 4096, (0, 0x1fff_ffff), &[]).is_ok(),
+        "the last byte fits"
+    );
+    // Nothing to map.
+    assert!(identity_runs(&[(0, 0x1800)], 4096, all, &[]).is_err());
+    assert!(identity_runs(&[], 4096, all, &[]).is_err());
+    assert!(identity_runs(&[(u64::MAX - 10, u64::MAX)], 4096, all, &[]).is_err());
+}
+
+#[test]
+fn x86_map_modes_and_their_reasons() {
+    use IommuMap::{Dynamic, Static};
+    assert_eq!(x86_map_mode(None, false).0, Dynamic, "dynamic by default");
+    assert!(x86_map_mode(None, false).1.starts_with("default"));
+    assert_eq!(
+        x86_map_mode(Some(Dynamic), false),
+        (Dynamic, "sg.iommu.map=dynamic")
+    );
+    assert_eq!(
+        x86_map_mode(Some(Static), false),
+        (Static, "sg.iommu.map=static")
+    );
+    // A secure guest maps the pool whatever the option says, and says so.
+    for m in [None, Some(Dynamic), Some(Static)] {
+        assert_eq!(x86_map_mode(m, true).0, Dynamic);
+    }
+    assert!(x86_map_mode(Some(Static), true).1.contains("no effect"));
+    assert_eq!(IommuMap::parse("static"), Some(Static));
+    assert_eq!(IommuMap::parse("ddw"), None);
+    assert_eq!(Static.as_str(), "static");
+}
+
+#[test]
+fn identity_dma_maps_each_run_once_and_nothing_per_request() {
+    let (b, table) = FakeIommu::new(0, 1 << 40, 12);
+    let direct = Direct::new();
+    let runs = [(0x1000, 0x9_e000), (0x10_0000, 0x100_0000)];
+    let dma = identity_dma(b, info(), &direct, &runs).unwrap();
+    let i = dma.info();
+    assert_eq!(
+        (i.mode, i.mapping, i.window_base, i.window_size),
+        ("static", "ram", 0, 0x110_0000)
+    );
+    {
+        let t = table.lock().unwrap();
+        assert_eq!((t.map.calls, t.map.entries), (2, 0x9e + 0x1000));
+        assert_eq!(
+            t.entries.get(&1),
+            Some(&(0x1000, 3)),
+            "identity, read-write"
+        );
+        assert_eq!(t.entries.get(&0x10ff), Some(&(0x10f_f000, 3)));
+        assert!(!t.entries.contains_key(&0) && !t.entries.contains_key(&0x9f));
+    }
+    let calls = dma.iommu_stats().calls;
+    let mut buf = vec![1u8; 5000];
+    // SAFETY: unmapped below; no device.
+    let m = unsafe {
+        dma.map(
+            NonNull::from(&mut buf[..]),
+            Direction::ToDevice,
+            &DmaConstraints::NONE,
+        )
+    }
+    .unwrap();
+    assert_eq!(m.device_addr().as_u64(), buf.as_ptr() as u64);
+    // SAFETY: no device used it.
+    unsafe { dma.unmap(m) }.unwrap();
+    assert_eq!(dma.iommu_stats().calls, calls, "no IOMMU work per request");
+    // A run the IOMMU refuses fails the setup.
+    let (b, table) = FakeIommu::new(0, 1 << 40, 12);
+    table.lock().unwrap().fail_at = Some((1, -4));
+    assert_eq!(
+        identity_dma(b, info(), &direct, &runs).err(),
+        Some(DmaError::Platform { code: -4 })
+    );
+}

@@ -570,7 +570,7 @@ fn setup<'a>(
 fn normal_guest_dynamic_and_ddw() {
     let direct = Direct::new();
     let ram = || Target::Direct {
-        ram_top: 512 << 20,
+        ram: &[(0, 512 << 20)],
         direct: &direct,
     };
     // Explicit dynamic: nothing mapped at setup, per-map afterwards.

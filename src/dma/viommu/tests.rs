@@ -10,6 +10,7 @@ use crate::dma::iommu::LazyDomain;
 use crate::dma::{Direct, Direction, Dma, DmaConstraints};
 use crate::platform::Emulated;
 use crate::virtio::fakedev::{Bus, FakeTransport, StepClock};
+use crate::virtio::iommu::req;
 use crate::virtio::iommu::tests::{MSI, QEMU_FEATURES, ViommuModel, bus, qemu_config, settings};
 use crate::virtio::{DeviceStatus, DeviceType, InterruptStatus, QueueAddresses, TransportError};
 
@@ -129,9 +130,10 @@ fn a_dynamic_domain_maps_each_buffer() {
         Box::new(ViommuSetup {
             iommu: io,
             debug: Default::default(),
+            map: None,
             endpoint: 0x10,
             target: Target::Direct {
-                ram_top: 1 << 30,
+                ram: &[(0, 1 << 30)],
                 direct,
             },
         }),
@@ -223,9 +225,10 @@ fn reserved_regions_stay_out_of_the_aperture() {
     let dma = Box::new(ViommuSetup {
         iommu: io,
         debug: Default::default(),
+        map: None,
         endpoint: 0x10,
         target: Target::Direct {
-            ram_top: 1 << 30,
+            ram: &[(0, 1 << 30)],
             direct,
         },
     })
@@ -247,9 +250,10 @@ fn setup_errors_reach_the_device() {
         Box::new(ViommuSetup {
             iommu: io,
             debug: Default::default(),
+            map: None,
             endpoint: 0x38,
             target: Target::Direct {
-                ram_top: 1 << 30,
+                ram: &[(0, 1 << 30)],
                 direct,
             },
         }),
@@ -276,6 +280,7 @@ fn the_pool_behind_virtio_iommu() {
     let dma = Box::new(ViommuSetup {
         iommu: io,
         debug: Default::default(),
+        map: None,
         endpoint: 0x10,
         target: Target::Pool {
             bounce,
@@ -321,4 +326,206 @@ fn the_pool_behind_virtio_iommu() {
         0,
         "queues and buffers back in the pool"
     );
+}
+
+/// q35's RAM below 4 GiB with 512 MiB: the low 639 KiB, then from 1 MiB on.
+const Q35_RAM: &[(u64, u64)] = &[(0, 0x9_fc00), (0x10_0000, 0x2000_0000)];
+
+fn static_setup(
+    b: &Bus,
+    io: Shared,
+    direct: &'static Direct,
+) -> Result<IommuDma<'static>, DmaError> {
+    let _ = b;
+    Box::new(ViommuSetup {
+        iommu: io,
+        debug: Default::default(),
+        map: Some(IommuMap::Static),
+        endpoint: 0x10,
+        target: Target::Direct {
+            ram: Q35_RAM,
+            direct,
+        },
+    })
+    .setup()
+}
+
+#[test]
+fn a_static_domain_maps_all_ram_once_and_nothing_per_request() {
+    let b = bus(qemu_config(), QEMU_FEATURES, ViommuModel::new(&[0x10]));
+    let direct = direct();
+    let io = start(&b, direct);
+    let dma = static_setup(&b, io, direct).unwrap();
+    let info = dma.info();
+    assert_eq!(
+        (info.mode, info.mapping, info.mode_reason),
+        ("static", "ram", "sg.iommu.map=static")
+    );
+    assert_eq!((info.window_base, info.window_size), (0, 0x2000_0000));
+    assert_eq!(info.setup_calls, 2, "PROBE and ATTACH");
+    // Exactly the RAM ranges, whole pages, page 0 left out: one MAP each, read-write.
+    let runs = [(0x1000, 0x9_efff), (0x10_0000, 0x1fff_ffff)];
+    let maps: Vec<(u64, u64, u64, u32)> = b.model(|m: &mut ViommuModel| {
+        m.domains[&0]
+            .iter()
+            .map(|f| (f.low, f.high, f.phys, f.flags))
+            .collect()
+    });
+    assert_eq!(
+        maps,
+        runs.map(|(lo, hi)| (lo, hi, lo, MAP_F_READ | MAP_F_WRITE))
+    );
+    assert_eq!(translate(&b, 0x10, 0x1234_5678, true), Ok(0x1234_5678));
+    assert_eq!(
+        translate(&b, 0x10, 0x9_f000, false),
+        Err(2),
+        "a partial page"
+    );
+    assert_eq!(translate(&b, 0x10, 0, false), Err(2), "page 0");
+    assert_eq!(translate(&b, 0x10, 0x2000_0000, false), Err(2), "above RAM");
+    let s = dma.iommu_stats();
+    assert_eq!((s.maps, s.calls, s.kinds[0].calls), (2, 2, 2));
+    assert_eq!(s.pages, 0x9e + 0x1ff00, "every page of both runs");
+    // Requests: the direct path's addresses, no request to the device.
+    let seen = b.model(|m: &mut ViommuModel| m.seen.len());
+    let mut buf = vec![0u8; 9000];
+    // SAFETY: unmapped below; the test never lets a device touch it.
+    let m = unsafe {
+        dma.map(
+            NonNull::from(&mut buf[..]),
+            Direction::ToDevice,
+            &DmaConstraints::NONE,
+        )
+    }
+    .unwrap();
+    assert_eq!(m.device_addr().as_u64(), buf.as_ptr() as u64, "IOVA = phys");
+    // SAFETY: never given to a device.
+    unsafe { dma.unmap(m) }.unwrap();
+    let r = dma.alloc_shared(100, 64, &DmaConstraints::NONE).unwrap();
+    assert_eq!(r.device_addr().as_u64(), r.cpu_ptr().as_ptr() as u64);
+    // SAFETY: never given to a device.
+    unsafe { dma.free_shared(r) }.unwrap();
+    assert_eq!(b.model(|m: &mut ViommuModel| m.seen.len()), seen);
+    let after = dma.iommu_stats();
+    assert_eq!((after.dma_maps, after.dma_unmaps), (1, 1));
+    assert_eq!((after.maps, after.unmaps, after.calls), (2, 0, 2));
+    // The teardown removes what the setup mapped: one UNMAP per run, then DETACH.
+    let mut g = io.lock();
+    assert_eq!(
+        g.attached[0].fixed,
+        [(0x1000, 0x9_e000), (0x10_0000, 0x1ff0_0000)]
+    );
+    g.teardown().unwrap();
+    let (counts, faults, last) = g.finished.clone().unwrap();
+    assert_eq!(
+        (counts.map, counts.unmap, counts.detach, last),
+        (2, 2, 1, None)
+    );
+    assert_eq!(faults.len() as u64, counts.faults);
+    let unmaps: Vec<(u64, u64)> = b.model(|m: &mut ViommuModel| {
+        m.seen
+            .iter()
+            .filter(|(k, _)| *k == 4)
+            .map(|(_, r)| {
+                let at = |o: usize| u64::from_le_bytes(r[o..o + 8].try_into().unwrap());
+                (at(8), at(16))
+            })
+            .collect()
+    });
+    assert_eq!(unmaps, runs);
+}
+
+#[test]
+fn static_ram_over_a_reserved_region_fails_before_attach() {
+    // A PROBE reserved region inside RAM (a host that reserves guest RAM).
+    let mut m = ViommuModel::new(&[0x10]);
+    m.reserved.push((0, 0x800_0000, 0x80f_ffff));
+    let b = bus(qemu_config(), QEMU_FEATURES, m);
+    let direct = direct();
+    let io = start(&b, direct);
+    let e = static_setup(&b, io, direct).unwrap_err();
+    assert_eq!(
+        e,
+        DmaError::InvalidRequest(
+            "sg.iommu.map=static: RAM overlaps a reserved region the virtio-iommu's PROBE named"
+        )
+    );
+    assert!(format!("{e}").contains("PROBE"), "{e}");
+    assert!(io.lock().attached.is_empty(), "nothing attached");
+    let kinds: Vec<u8> = b.model(|m: &mut ViommuModel| m.seen.iter().map(|(k, _)| *k).collect());
+    assert_eq!(kinds, [req::PROBE], "PROBE only: no ATTACH, no MAP");
+    // RAM over the interrupt window: the same, with its own reason.
+    let b = bus(qemu_config(), QEMU_FEATURES, ViommuModel::new(&[0x10]));
+    let io = start(&b, direct);
+    static HIGH: &[(u64, u64)] = &[(0x10_0000, 0x1_0000_0000)];
+    let e = Box::new(ViommuSetup {
+        iommu: io,
+        debug: Default::default(),
+        map: Some(IommuMap::Static),
+        endpoint: 0x10,
+        target: Target::Direct { ram: HIGH, direct },
+    })
+    .setup()
+    .unwrap_err();
+    assert_eq!(
+        e,
+        DmaError::InvalidRequest(
+            "sg.iommu.map=static: RAM overlaps the x86 interrupt window 0xfee00000-0xfeefffff"
+        )
+    );
+}
+
+#[test]
+fn static_ram_beyond_the_input_range_fails() {
+    // A device that translates only the low 256 MiB.
+    let mut config = qemu_config();
+    config[16..24].copy_from_slice(&0x0fff_ffffu64.to_le_bytes());
+    let b = bus(config, QEMU_FEATURES, ViommuModel::new(&[0x10]));
+    let direct = direct();
+    let io = start(&b, direct);
+    let e = static_setup(&b, io, direct).unwrap_err();
+    assert_eq!(
+        e,
+        DmaError::InvalidRequest(crate::dma::iommu::STATIC_BEYOND_INPUT)
+    );
+    assert!(io.lock().attached.is_empty(), "nothing attached");
+}
+
+#[test]
+fn static_on_a_secure_guest_maps_the_pool_and_says_so() {
+    let layout = std::alloc::Layout::from_size_align(1 << 20, 1 << 16).unwrap();
+    // SAFETY: non-zero size; leaked with the bounce path.
+    let ram = unsafe { std::alloc::alloc_zeroed(layout) };
+    let phys = ram as u64;
+    let platform: &'static Emulated = Box::leak(Box::new(Emulated::new(1 << 16)));
+    // SAFETY: the memory is ours for the test, identity "mapped".
+    let bounce: &'static Bounce<'static> = Box::leak(Box::new(
+        unsafe { Bounce::new(platform, phys, 1 << 20, Default::default()) }.unwrap(),
+    ));
+    let b = bus(qemu_config(), QEMU_FEATURES, ViommuModel::new(&[0x10]));
+    let io = start(&b, bounce);
+    let dma = Box::new(ViommuSetup {
+        iommu: io,
+        debug: Default::default(),
+        map: Some(IommuMap::Static),
+        endpoint: 0x10,
+        target: Target::Pool {
+            bounce,
+            phys,
+            size: 1 << 20,
+        },
+    })
+    .setup()
+    .unwrap();
+    let info = dma.info();
+    assert_eq!(
+        (dma.name(), info.mode, info.mapping),
+        ("iommu+bounce", "dynamic", "pool")
+    );
+    assert_eq!(
+        info.mode_reason,
+        "secure: only the shared pool is mapped (sg.iommu.map=static has no effect)"
+    );
+    assert_eq!(info.window_size, 1 << 20);
+    assert_eq!(dma.iommu_stats().maps, 1, "the pool, nothing else");
 }

@@ -10,6 +10,7 @@
 //! | path | the domain maps | per request |
 //! |---|---|---|
 //! | `iommu` | each buffer, at IOVAs of the domain's aperture | PTE writes on map; PTE writes and one IOTLB invalidation on unmap |
+//! | `iommu`, `sg.iommu.map=static` | all RAM, once, at setup, IOVA = physical address (2 MiB entries where `CAP.SLLPS` offers them) | nothing: the direct path serves the requests |
 //! | `iommu+bounce` | the shared pool, once, at setup | nothing: the bounce path serves the requests |
 //!
 //! Commands counted per domain (`calls_by_kind`): `IOTLB_PSI` (page-selective invalidations,
@@ -23,8 +24,8 @@ use super::{CacheFlush, PTE_R, PTE_W, SlTable, VtdError, VtdUnit};
 use crate::dma::DmaError;
 use crate::dma::aperture::{self, X86_INTERRUPT_RANGE};
 use crate::dma::iommu::{
-    CallCount, DomainInfo, DomainSetup, IommuBackend, IommuDebug, IommuDma, MAX_CALL_KINDS, Perm,
-    per_device_dma,
+    CallCount, DomainInfo, DomainSetup, IommuBackend, IommuDebug, IommuDma, IommuMap,
+    MAX_CALL_KINDS, Perm, identity_dma, identity_runs, per_device_dma, x86_map_mode,
 };
 use crate::dma::tce::Target;
 use crate::virtio::regs::Registers;
@@ -178,6 +179,8 @@ pub struct VtdSetup<R: Registers + 'static, C: Clock + 'static> {
     pub target: Target<'static>,
     /// RMRR ranges (base, inclusive limit) of this function: identity-mapped, never handed out.
     pub rmrrs: Vec<(u64, u64)>,
+    /// `sg.iommu.map`; `None`: the default (dynamic).
+    pub map: Option<IommuMap>,
     /// `sg.debug.unmap_early` (per-map domains), `sg.debug.map_private` (pool domains): test
     /// only.
     pub debug: IommuDebug,
@@ -186,27 +189,44 @@ pub struct VtdSetup<R: Registers + 'static, C: Clock + 'static> {
 impl<R: Registers + Send + 'static, C: Clock + Send + 'static> VtdSetup<R, C> {
     fn go(self) -> Result<IommuDma<'static>, DmaError> {
         let mut v = self.vtd.lock();
-        let did = v.unit.new_domain_id()?;
-        let (levels, flush): (u32, CacheFlush) = (v.unit.agaw.levels, v.unit.flush_fn());
         let input = v.unit.agaw.input_range(&v.unit.caps);
-        let table = SlTable::new(v.unit.dma(), levels, flush)?;
+        let sllps = (v.unit.caps.cap >> 34) & 3;
+        let (map, mode_reason) = x86_map_mode(self.map, matches!(self.target, Target::Pool { .. }));
+        // Where the domain's IOVAs go: all RAM at its own address (static), or an aperture
+        // clear of the RMRRs and the interrupt window. Chosen before anything is made, so that
+        // a domain that cannot be made leaves nothing behind.
         let mut reserved = self.rmrrs.clone();
         reserved.push(X86_INTERRUPT_RANGE);
         // sg.debug.map_private maps one more page after the pool: room for it.
         let private_len = if self.debug.map_private { 4096 } else { 0 };
-        let want = match self.target {
-            Target::Pool { size, .. } => size + private_len,
-            Target::Direct { .. } => WANT,
+        let plan = match (map, self.target) {
+            (IommuMap::Static, Target::Direct { ram, direct }) => {
+                // RMRRs are identity-mapped too: they cannot collide with identity RAM.
+                let cuts = [(
+                    X86_INTERRUPT_RANGE.0,
+                    X86_INTERRUPT_RANGE.1,
+                    "sg.iommu.map=static: RAM overlaps the x86 interrupt window \
+                     0xfee00000-0xfeefffff",
+                )];
+                Plan::Identity(identity_runs(ram, 4096, input, &cuts)?, direct)
+            }
+            (_, target) => {
+                let want = match target {
+                    Target::Pool { size, .. } => size + private_len,
+                    Target::Direct { .. } => WANT,
+                };
+                let chosen =
+                    aperture::choose(input, &reserved, 4096, aperture::PREFERRED_BASE, want);
+                Plan::Aperture(chosen.ok_or(DmaError::InvalidRequest(
+                    "no IOVA range clear of reserved ones",
+                ))?)
+            }
         };
-        let Some((base, size)) =
-            aperture::choose(input, &reserved, 4096, aperture::PREFERRED_BASE, want)
-        else {
-            // SAFETY: the table was never attached.
-            unsafe { table.free() };
-            return Err(DmaError::InvalidRequest(
-                "no IOVA range clear of reserved ones",
-            ));
-        };
+        let did = v.unit.new_domain_id()?;
+        let (levels, flush): (u32, CacheFlush) = (v.unit.agaw.levels, v.unit.flush_fn());
+        let mut table = SlTable::new(v.unit.dma(), levels, flush)?;
+        // 2 MiB entries for the static mapping, when the unit offers them.
+        table.set_large_pages(matches!(plan, Plan::Identity(..)) && sllps & 1 != 0);
         let before = v.unit.counts;
         if let Err(e) = v.unit.attach(self.sid, did, &table) {
             if v.unit.is_attached(self.sid) {
@@ -231,42 +251,67 @@ impl<R: Registers + Send + 'static, C: Clock + Send + 'static> VtdSetup<R, C> {
             did,
             table,
         });
-        let sllps = (v.unit.caps.cap >> 34) & 3;
         let page_sizes = 1 << 12 | (sllps & 1) << 21 | (sllps & 2) << 29;
         drop(v);
-        let backend = Box::new(VtdDomain {
-            vtd: self.vtd,
-            slot,
-            did,
-            aperture: (base, size),
-            page_sizes,
-            kinds,
-        });
+        let backend = |aperture: (u64, u64)| {
+            Box::new(VtdDomain {
+                vtd: self.vtd,
+                slot,
+                did,
+                aperture,
+                page_sizes,
+                kinds,
+            })
+        };
         let info = DomainInfo {
             backend: "vt-d",
-            mode: "dynamic",
-            mode_reason: "one domain per PCI function: a context entry and second-level table",
+            mode: IommuMap::Dynamic.as_str(),
+            mode_reason,
             id: u64::from(did),
-            window_base: base,
-            window_size: size,
             ..DomainInfo::default()
         };
-        // A private page after the pool (test only, sg.debug.map_private): the trace shows it
-        // only when the device reaches it.
-        let dma = per_device_dma(
-            backend,
-            info,
-            &self.target,
-            base,
-            private_len,
-            self.debug.unmap_early,
-        )?;
+        let (dma, identity) = match plan {
+            Plan::Identity(runs, direct) => {
+                let top = runs.last().map_or(0, |&(b, l)| b + l);
+                let dma = identity_dma(backend((runs[0].0, top - runs[0].0)), info, direct, &runs)?;
+                (dma, runs)
+            }
+            Plan::Aperture((base, size)) => {
+                let info = DomainInfo {
+                    window_base: base,
+                    window_size: size,
+                    ..info
+                };
+                // A private page after the pool (test only, sg.debug.map_private): the trace
+                // shows it only when the device reaches it.
+                let dma = per_device_dma(
+                    backend((base, size)),
+                    info,
+                    &self.target,
+                    base,
+                    private_len,
+                    self.debug.unmap_early,
+                )?;
+                (dma, Vec::new())
+            }
+        };
+        // The RMRRs, identity-mapped (what static RAM already maps, it maps the same way).
         for &(lo, hi) in &self.rmrrs {
             let (start, end) = (lo & !0xfff, (hi | 0xfff).saturating_add(1));
-            dma.map_fixed(start, start, end - start, Perm::RW)?;
+            for (s, e) in aperture::uncovered((start, end), &identity) {
+                dma.map_fixed(s, s, e - s, Perm::RW)?;
+            }
         }
         Ok(dma)
     }
+}
+
+/// Where a domain's IOVAs go.
+enum Plan {
+    /// All RAM at its own address: the runs of [`identity_runs`], served by the direct path.
+    Identity(Vec<(u64, u64)>, &'static dyn crate::dma::Dma),
+    /// An aperture (base, bytes) for per-request mappings or the pool.
+    Aperture((u64, u64)),
 }
 
 impl<R: Registers + Send + 'static, C: Clock + Send + 'static> DomainSetup<'static>
