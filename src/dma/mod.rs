@@ -760,3 +760,5 @@ pub fn check_sync_range(mapping: &Mapping, offset: usize, len: usize) -> Result<
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+pub(crate) mod testutil;

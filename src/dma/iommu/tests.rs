@@ -797,19 +797,7 @@ fn identity_dma_maps_each_run_once_and_nothing_per_request() {
         assert!(!t.entries.contains_key(&0) && !t.entries.contains_key(&0x9f));
     }
     let calls = dma.iommu_stats().calls;
-    let mut buf = vec![1u8; 5000];
-    // SAFETY: unmapped below; no device.
-    let m = unsafe {
-        dma.map(
-            NonNull::from(&mut buf[..]),
-            Direction::ToDevice,
-            &DmaConstraints::NONE,
-        )
-    }
-    .unwrap();
-    assert_eq!(m.device_addr().as_u64(), buf.as_ptr() as u64);
-    // SAFETY: no device used it.
-    unsafe { dma.unmap(m) }.unwrap();
+    crate::dma::testutil::assert_maps_at_its_address(&dma, 5000, Direction::ToDevice);
     assert_eq!(dma.iommu_stats().calls, calls, "no IOMMU work per request");
     // A run the IOMMU refuses fails the setup.
     let (b, table) = FakeIommu::new(0, 1 << 40, 12);

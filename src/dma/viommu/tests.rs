@@ -5,10 +5,8 @@ use alloc::vec;
 use core::ptr::NonNull;
 
 use super::*;
-use crate::dma::bounce::Bounce;
 use crate::dma::iommu::LazyDomain;
 use crate::dma::{Direct, Direction, Dma, DmaConstraints};
-use crate::platform::Emulated;
 use crate::virtio::fakedev::{Bus, FakeTransport, StepClock};
 use crate::virtio::iommu::req;
 use crate::virtio::iommu::tests::{MSI, QEMU_FEATURES, ViommuModel, bus, qemu_config, settings};
@@ -222,17 +220,14 @@ fn reserved_regions_stay_out_of_the_aperture() {
     let b = bus(qemu_config(), QEMU_FEATURES, m);
     let direct = direct();
     let io = start(&b, direct);
-    let dma = Box::new(ViommuSetup {
-        iommu: io,
-        debug: Default::default(),
-        map: None,
-        endpoint: 0x10,
-        target: Target::Direct {
+    let dma = setup_on(
+        io,
+        None,
+        Target::Direct {
             ram: &[(0, 1 << 30)],
             direct,
         },
-    })
-    .setup()
+    )
     .unwrap();
     assert_eq!(dma.info().window_base, (1 << 30) + (3 << 20));
     let a = &io.lock().attached[0];
@@ -265,30 +260,19 @@ fn setup_errors_reach_the_device() {
 
 #[test]
 fn the_pool_behind_virtio_iommu() {
-    let layout = std::alloc::Layout::from_size_align(1 << 20, 1 << 16).unwrap();
-    // SAFETY: non-zero size; leaked with the bounce path.
-    let ram = unsafe { std::alloc::alloc_zeroed(layout) };
-    let phys = ram as u64;
-    let platform: &'static Emulated = Box::leak(Box::new(Emulated::new(1 << 16)));
-    // SAFETY: the memory is ours for the test, identity "mapped".
-    let bounce: &'static Bounce<'static> = Box::leak(Box::new(
-        unsafe { Bounce::new(platform, phys, 1 << 20, Default::default()) }.unwrap(),
-    ));
+    let (bounce, phys) = crate::dma::testutil::leaked_pool();
     let b = bus(qemu_config(), QEMU_FEATURES, ViommuModel::new(&[0x10]));
     // The IOMMU's own queues in the pool too: the host reads them.
     let io = start(&b, bounce);
-    let dma = Box::new(ViommuSetup {
-        iommu: io,
-        debug: Default::default(),
-        map: None,
-        endpoint: 0x10,
-        target: Target::Pool {
+    let dma = setup_on(
+        io,
+        None,
+        Target::Pool {
             bounce,
             phys,
             size: 1 << 20,
         },
-    })
-    .setup()
+    )
     .unwrap();
     assert_eq!((dma.name(), dma.info().mapping), ("iommu+bounce", "pool"));
     let base = dma.info().window_base;
@@ -328,6 +312,22 @@ fn the_pool_behind_virtio_iommu() {
     );
 }
 
+/// Sets up the domain of endpoint 0x10 on `io`: `map` (`sg.iommu.map`) over `target`.
+fn setup_on(
+    io: Shared,
+    map: Option<IommuMap>,
+    target: Target<'static>,
+) -> Result<IommuDma<'static>, DmaError> {
+    Box::new(ViommuSetup {
+        iommu: io,
+        debug: Default::default(),
+        map,
+        endpoint: 0x10,
+        target,
+    })
+    .setup()
+}
+
 /// q35's RAM below 4 GiB with 512 MiB: the low 639 KiB, then from 1 MiB on.
 const Q35_RAM: &[(u64, u64)] = &[(0, 0x9_fc00), (0x10_0000, 0x2000_0000)];
 
@@ -337,17 +337,14 @@ fn static_setup(
     direct: &'static Direct,
 ) -> Result<IommuDma<'static>, DmaError> {
     let _ = b;
-    Box::new(ViommuSetup {
-        iommu: io,
-        debug: Default::default(),
-        map: Some(IommuMap::Static),
-        endpoint: 0x10,
-        target: Target::Direct {
+    setup_on(
+        io,
+        Some(IommuMap::Static),
+        Target::Direct {
             ram: Q35_RAM,
             direct,
         },
-    })
-    .setup()
+    )
 }
 
 #[test]
@@ -388,19 +385,7 @@ fn a_static_domain_maps_all_ram_once_and_nothing_per_request() {
     assert_eq!(s.pages, 0x9e + 0x1ff00, "every page of both runs");
     // Requests: the direct path's addresses, no request to the device.
     let seen = b.model(|m: &mut ViommuModel| m.seen.len());
-    let mut buf = vec![0u8; 9000];
-    // SAFETY: unmapped below; the test never lets a device touch it.
-    let m = unsafe {
-        dma.map(
-            NonNull::from(&mut buf[..]),
-            Direction::ToDevice,
-            &DmaConstraints::NONE,
-        )
-    }
-    .unwrap();
-    assert_eq!(m.device_addr().as_u64(), buf.as_ptr() as u64, "IOVA = phys");
-    // SAFETY: never given to a device.
-    unsafe { dma.unmap(m) }.unwrap();
+    crate::dma::testutil::assert_maps_at_its_address(&dma, 9000, Direction::ToDevice);
     let r = dma.alloc_shared(100, 64, &DmaConstraints::NONE).unwrap();
     assert_eq!(r.device_addr().as_u64(), r.cpu_ptr().as_ptr() as u64);
     // SAFETY: never given to a device.
@@ -458,14 +443,11 @@ fn static_ram_over_a_reserved_region_fails_before_attach() {
     let b = bus(qemu_config(), QEMU_FEATURES, ViommuModel::new(&[0x10]));
     let io = start(&b, direct);
     static HIGH: &[(u64, u64)] = &[(0x10_0000, 0x1_0000_0000)];
-    let e = Box::new(ViommuSetup {
-        iommu: io,
-        debug: Default::default(),
-        map: Some(IommuMap::Static),
-        endpoint: 0x10,
-        target: Target::Direct { ram: HIGH, direct },
-    })
-    .setup()
+    let e = setup_on(
+        io,
+        Some(IommuMap::Static),
+        Target::Direct { ram: HIGH, direct },
+    )
     .unwrap_err();
     assert_eq!(
         e,
@@ -493,29 +475,18 @@ fn static_ram_beyond_the_input_range_fails() {
 
 #[test]
 fn static_on_a_secure_guest_maps_the_pool_and_says_so() {
-    let layout = std::alloc::Layout::from_size_align(1 << 20, 1 << 16).unwrap();
-    // SAFETY: non-zero size; leaked with the bounce path.
-    let ram = unsafe { std::alloc::alloc_zeroed(layout) };
-    let phys = ram as u64;
-    let platform: &'static Emulated = Box::leak(Box::new(Emulated::new(1 << 16)));
-    // SAFETY: the memory is ours for the test, identity "mapped".
-    let bounce: &'static Bounce<'static> = Box::leak(Box::new(
-        unsafe { Bounce::new(platform, phys, 1 << 20, Default::default()) }.unwrap(),
-    ));
+    let (bounce, phys) = crate::dma::testutil::leaked_pool();
     let b = bus(qemu_config(), QEMU_FEATURES, ViommuModel::new(&[0x10]));
     let io = start(&b, bounce);
-    let dma = Box::new(ViommuSetup {
-        iommu: io,
-        debug: Default::default(),
-        map: Some(IommuMap::Static),
-        endpoint: 0x10,
-        target: Target::Pool {
+    let dma = setup_on(
+        io,
+        Some(IommuMap::Static),
+        Target::Pool {
             bounce,
             phys,
             size: 1 << 20,
         },
-    })
-    .setup()
+    )
     .unwrap();
     let info = dma.info();
     assert_eq!(

@@ -812,10 +812,8 @@ fn bad_runs_are_refused() {
 // Domains as IOMMU backends, through the core's `IommuDma`.
 
 use crate::dma::Direction;
-use crate::dma::bounce::Bounce;
 use crate::dma::iommu::{IommuDma, LazyDomain};
 use crate::dma::tce::Target;
-use crate::platform::Emulated;
 use core::ptr::NonNull;
 
 type Shared = &'static spin::Mutex<Vtd<'static, FakeVtd, TestClock>>;
@@ -1001,15 +999,7 @@ fn lazy_domain_sets_up_on_first_use_only() {
 
 #[test]
 fn the_pool_behind_vtd() {
-    let layout = std::alloc::Layout::from_size_align(1 << 20, 1 << 16).unwrap();
-    // SAFETY: non-zero size; leaked (the bounce path keeps it for the test's life).
-    let ram = unsafe { std::alloc::alloc_zeroed(layout) };
-    let phys = ram as u64;
-    let platform: &'static Emulated = Box::leak(Box::new(Emulated::new(1 << 16)));
-    // SAFETY: the memory is ours for the test, identity "mapped".
-    let bounce: &'static Bounce<'static> = Box::leak(Box::new(
-        unsafe { Bounce::new(platform, phys, 1 << 20, Default::default()) }.unwrap(),
-    ));
+    let (bounce, phys) = crate::dma::testutil::leaked_pool();
     let fake = FakeVtd::qemu();
     // The unit's tables come from the pool too: the host walks them.
     let vtd = vtd_on(&fake, bounce);
@@ -1130,19 +1120,7 @@ fn a_static_domain_maps_all_ram_with_2m_pages() {
     let before = commands(&fake);
     let s = dma.iommu_stats();
     assert_eq!((s.maps, s.calls, s.pages), (2, 0, 0x9e + 0x1ff00));
-    let mut buf = vec![0u8; 10_000];
-    // SAFETY: unmapped below; the test never lets a device touch it.
-    let m = unsafe {
-        dma.map(
-            NonNull::from(&mut buf[..]),
-            Direction::FromDevice,
-            &DmaConstraints::NONE,
-        )
-    }
-    .unwrap();
-    assert_eq!(m.device_addr().as_u64(), buf.as_ptr() as u64, "IOVA = phys");
-    // SAFETY: never given to a device.
-    unsafe { dma.unmap(m) }.unwrap();
+    crate::dma::testutil::assert_maps_at_its_address(&dma, 10_000, Direction::FromDevice);
     let s = dma.iommu_stats();
     assert_eq!(
         (s.dma_maps, s.dma_unmaps, s.maps, s.unmaps, s.calls),
