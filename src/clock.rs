@@ -10,7 +10,7 @@
 //! host's clock.
 //!
 //! Those three windows are ~3 ms of busy-waiting, a fifth of an x86 boot under TCG. So the
-//! guest first tries a window that costs about 0.5 ms: [`Overlapped`] samples the timer and
+//! guest first tries a window that costs under 1 ms: [`Overlapped`] samples the timer and
 //! the TSC when the arch code starts, lets the boot work run, and samples them again when the
 //! rate is needed. Pauses inside that window do not matter (both counters keep running); what could
 //! fool it is checked instead of voted away:
@@ -20,7 +20,7 @@
 //!   that makes the rate at least twice too high, so a short [`CHECK_TICKS`] window must agree
 //!   with it within 25%. That is loose on purpose: the check only has to tell 2x from 1x, and
 //!   its own window is rough (under TCG the first run of its code delays its first TSC read by
-//!   the translation, ~2% of 0.5 ms).
+//!   the translation, a few % of 0.25 ms).
 //!
 //! When either check fails, the three windows run as before.
 
@@ -40,9 +40,9 @@ pub const OVERLAP_MIN_TICKS: u16 = 2386;
 /// The longest an overlapped window waits for its brackets to become small against it
 /// (13.7 ms, a quarter of the timer's period).
 pub const OVERLAP_MAX_TICKS: u16 = 0x4000;
-/// PIT ticks of the window that checks an overlapped rate (0.5 ms): enough to tell a wrapped
+/// PIT ticks of the window that checks an overlapped rate (0.25 ms): enough to tell a wrapped
 /// count (a rate off by 2x or more) from a good one.
-pub const CHECK_TICKS: u16 = 597;
+pub const CHECK_TICKS: u16 = 298;
 
 /// One reading of the timer and the TSC at (about) the same moment.
 #[derive(Clone, Copy, Debug)]
@@ -271,7 +271,7 @@ mod tests {
 
     #[test]
     fn an_overlapped_window_costs_only_its_check() {
-        // 3 ms of boot work: no wait, then the 0.5 ms check window.
+        // 3 ms of boot work: no wait, then the 0.25 ms check window.
         let (hz, cost) = overlapped(&machine(0, 0), 4300);
         assert!(close(hz.unwrap()), "{hz:?}");
         assert!(cost < 700_000, "finish took {cost} ns");
