@@ -294,6 +294,18 @@ mod microvm {
     use super::*;
     core_tests!(MICROVM);
     option_and_panic_tests!(MICROVM);
+    /// No PIT (`pit=off`) and no CPUID frequency leaf under TCG: the TSC cannot be counted
+    /// against anything. The boot goes on without a clock (`tick_hz` null, `tick_source`
+    /// `none`, no `t_us`) and passes, after one bounded wait for the timer, not a hang.
+    #[test]
+    fn no_pit_no_clock_still_passes() {
+        let mut c = config(MICROVM);
+        c.extra_args = vec!["-machine".into(), "pit=off".into()];
+        let r = boot(&c);
+        assert!(r.passed(), "{r}");
+        let b = r.boot().expect("a boot record");
+        assert_eq!((b.tick_hz, b.tick_source.as_str()), (None, "none"), "{r}");
+    }
 }
 
 mod q35 {
