@@ -60,6 +60,8 @@ pub(crate) struct Core {
     pub status: u8,
     pub config: Vec<u8>,
     pub config_generation: u32,
+    /// Config bytes the device ignores the driver's writes to (a field it does not honour).
+    pub ignored_config_writes: Vec<usize>,
     /// The generation changes on this many more generation reads.
     pub unstable_generation_reads: u32,
     queues: Vec<Queue>,
@@ -210,6 +212,7 @@ impl Bus {
                 status: 0,
                 config,
                 config_generation: 0,
+                ignored_config_writes: Vec::new(),
                 unstable_generation_reads: 0,
                 queues: queue_max
                     .iter()
@@ -306,7 +309,7 @@ impl FakeTransport {
     fn write_config(&self, offset: usize, width: usize, value: u64) -> Result<(), TransportError> {
         self.with(|c| {
             Self::check_config(c, offset, width)?;
-            for i in 0..width {
+            for i in (0..width).filter(|i| !c.ignored_config_writes.contains(&(offset + i))) {
                 c.config[offset + i] = (value >> (8 * i)) as u8;
             }
             Ok(())
