@@ -1153,12 +1153,9 @@ impl Replay<'_> {
                 tce,
                 ret,
             } => {
-                let s = Space::Tce { liobn: *liobn };
-                self.counts(s).call(H_PUT_TCE, 1);
-                if *ret != 0 {
-                    return self.hcall_failed(line, s, "H_PUT_TCE", *ioba, *ret);
+                if self.tce_hcall(line, *liobn, H_PUT_TCE, 1, *ioba, *ret) {
+                    self.tce_write(line, *liobn, *ioba, Some(*tce));
                 }
-                self.tce_write(line, *liobn, *ioba, Some(*tce));
             }
             Event::TceIndirect {
                 liobn,
@@ -1168,12 +1165,11 @@ impl Replay<'_> {
                 ret,
                 ..
             } => {
-                let s = Space::Tce { liobn: *liobn };
-                self.counts(s)
-                    .call(H_PUT_TCE_INDIRECT, last_index.saturating_add(1));
-                if *ret != 0 {
-                    return self.hcall_failed(line, s, "H_PUT_TCE_INDIRECT", *ioba, *ret);
+                let entries = last_index.saturating_add(1);
+                if !self.tce_hcall(line, *liobn, H_PUT_TCE_INDIRECT, entries, *ioba, *ret) {
+                    return;
                 }
+                let s = Space::Tce { liobn: *liobn };
                 if *last_index >= MAX_INDIRECT {
                     return self.violation(
                         line,
@@ -1206,13 +1202,10 @@ impl Replay<'_> {
                 npages,
                 ret,
             } => {
-                let s = Space::Tce { liobn: *liobn };
-                self.counts(s)
-                    .call(H_STUFF_TCE, u64::try_from(*npages).unwrap_or(0));
-                if *ret != 0 {
-                    return self.hcall_failed(line, s, "H_STUFF_TCE", *ioba_end, *ret);
+                let entries = u64::try_from(*npages).unwrap_or(0);
+                if self.tce_hcall(line, *liobn, H_STUFF_TCE, entries, *ioba_end, *ret) {
+                    self.tce_stuff(line, *liobn, *ioba_end, *tce_value, *npages);
                 }
-                self.tce_stuff(line, *liobn, *ioba_end, *tce_value, *npages);
             }
             Event::TceGet {
                 liobn,
@@ -1220,12 +1213,9 @@ impl Replay<'_> {
                 ret,
                 tce,
             } => {
-                let s = Space::Tce { liobn: *liobn };
-                self.counts(s).call(H_GET_TCE, 1);
-                if *ret != 0 {
-                    return self.hcall_failed(line, s, "H_GET_TCE", *ioba, *ret);
+                if self.tce_hcall(line, *liobn, H_GET_TCE, 1, *ioba, *ret) {
+                    self.tce_get(line, *liobn, *ioba, *tce);
                 }
-                self.tce_get(line, *liobn, *ioba, *tce);
             }
             Event::TceXlate {
                 liobn,
@@ -1483,15 +1473,30 @@ impl Replay<'_> {
         }
     }
 
-    fn hcall_failed(&mut self, line: usize, s: Space, call: &str, ioba: u64, ret: i64) {
-        self.violation(
-            line,
-            Kind::RequestFailed,
-            Some(s),
-            Some(ioba),
-            None,
-            format!("{call} returned {ret} (a correct guest never gets an error)"),
-        );
+    /// Counts TCE hypercall `call` (`entries` TCEs) on window `liobn`; false, with a violation,
+    /// when it failed (`ret` not 0): there is then nothing of it to replay.
+    fn tce_hcall(
+        &mut self,
+        line: usize,
+        liobn: u64,
+        call: &'static str,
+        entries: u64,
+        ioba: u64,
+        ret: i64,
+    ) -> bool {
+        let s = Space::Tce { liobn };
+        self.counts(s).call(call, entries);
+        if ret != 0 {
+            self.violation(
+                line,
+                Kind::RequestFailed,
+                Some(s),
+                Some(ioba),
+                None,
+                format!("{call} returned {ret} (a correct guest never gets an error)"),
+            );
+        }
+        ret == 0
     }
 
     /// One TCE written at bus address `ioba`: `tce` is its value (`None`: not in the trace, a
