@@ -114,6 +114,15 @@ impl<W: Write> Record<W> {
         self
     }
 
+    /// `,"key":{"name":n,...}`: an object of number fields (counts by kind).
+    pub fn u64_object(self, key: &str, fields: &[(&str, u64)]) -> Self {
+        self.json(key, |j| {
+            j.begin_object();
+            j.u64_fields(fields);
+            j.end_object();
+        })
+    }
+
     /// Raw JSON produced by the caller (an array or object built with [`Json`]).
     pub fn json(mut self, key: &str, f: impl FnOnce(&mut Json<'_>)) -> Self {
         self.failed |= field(&mut self.out, key, Value::Raw(""));
@@ -355,6 +364,18 @@ mod tests {
             assert_eq!(at.bdf(), format!("{b:02x}:{d:02x}.{f}"));
             assert_eq!(at.to_string(), at.bdf());
         }
+    }
+
+    #[test]
+    fn u64_object_writes_an_object_of_numbers() {
+        let s = line(|s| {
+            assert!(
+                Record::new(s, "x")
+                    .u64_object("counts", &[("a", 1), ("b", 22)])
+                    .end()
+            )
+        });
+        assert!(s.contains(r#","v":1,"counts":{"a":1,"b":22}}"#), "{s}");
     }
 
     #[test]

@@ -400,18 +400,17 @@ pub fn iommu_finish() {
                 .u64("levels", u.agaw.levels.into())
                 .u64("aw_bits", u.agaw.bits.into())
                 .str("invalidation", "register")
-                .json("commands", |j| {
-                    j.begin_object();
-                    j.u64_fields(&[
+                .u64_object(
+                    "commands",
+                    &[
                         ("context", c.context_invalidations),
                         ("iotlb_global", c.iotlb_global),
                         ("iotlb_domain", c.iotlb_domain),
                         ("iotlb_page", c.iotlb_page),
                         ("iotlb_page_pages", c.iotlb_page_pages),
                         ("write_buffer", c.write_buffer_flushes),
-                    ]);
-                    j.end_object();
-                })
+                    ],
+                )
                 .u64("commands_total", c.commands())
                 .u64("domains", domains)
                 .u64("tables_freed", v.freed_pages)
@@ -483,18 +482,17 @@ pub fn iommu_finish() {
                 .u64("probe_size", config.probe_size.into())
                 .u64("bypass_found", config.bypass_found.into())
                 .u64("bypass", config.bypass.into())
-                .json("requests", |j| {
-                    j.begin_object();
-                    j.u64_fields(&[
+                .u64_object(
+                    "requests",
+                    &[
                         ("attach", counts.attach),
                         ("detach", counts.detach),
                         ("map", counts.map),
                         ("unmap", counts.unmap),
                         ("probe", counts.probe),
                         ("failed", counts.failed),
-                    ]);
-                    j.end_object();
-                })
+                    ],
+                )
                 .u64("requests_total", counts.requests())
                 .u64("notifications", counts.notifications)
                 .u64("domains", domains)
