@@ -237,6 +237,32 @@ pub fn power_off_method(
     })
 }
 
+/// Host tests of the table parsers: hostile copies of a table.
+#[cfg(test)]
+pub(crate) fn for_each_mutation(
+    table: &[u8],
+    mut seed: u64,
+    rounds: usize,
+    mut f: impl FnMut(&[u8], &mut dyn FnMut() -> u64),
+) {
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    for _ in 0..rounds {
+        // One to four bytes of a copy overwritten with random values; `f` gets the copy and
+        // the same random source for whatever else it varies.
+        let mut m = table.to_vec();
+        for _ in 0..(next() % 4 + 1) {
+            let i = (next() as usize) % m.len();
+            m[i] = next() as u8;
+        }
+        f(&m, &mut next);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
