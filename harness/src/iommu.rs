@@ -412,6 +412,15 @@ impl Verdict {
     }
 }
 
+/// `"3 H_PUT_TCE (3 entries), 1 H_STUFF_TCE (8 entries)"`.
+fn calls_list(calls: &BTreeMap<&'static str, Calls>) -> String {
+    calls
+        .iter()
+        .map(|(n, c)| format!("{} {n} ({} entries)", c.calls, c.entries))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 impl fmt::Display for Verdict {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let t = self.totals();
@@ -433,11 +442,7 @@ impl fmt::Display for Verdict {
             if t.calls.is_empty() {
                 "none".to_string()
             } else {
-                t.calls
-                    .iter()
-                    .map(|(n, c)| format!("{} {n} ({} entries)", c.calls, c.entries))
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                calls_list(&t.calls)
             }
         )?;
         for (s, c) in &self.spaces {
@@ -448,15 +453,7 @@ impl fmt::Display for Verdict {
             )?;
         }
         if !self.unit_calls.is_empty() {
-            writeln!(
-                f,
-                "  unit: {}",
-                self.unit_calls
-                    .iter()
-                    .map(|(n, c)| format!("{} {n} ({} entries)", c.calls, c.entries))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )?;
+            writeln!(f, "  unit: {}", calls_list(&self.unit_calls))?;
         }
         if self.start_line > 0 {
             let fw = &self.firmware;
