@@ -280,15 +280,7 @@ impl IovaSpace {
         c: &DmaConstraints,
     ) -> Result<IovaRun, DmaError> {
         c.validate()?;
-        if len == 0 {
-            return Err(DmaError::InvalidRequest("zero length"));
-        }
-        if len > c.max_len {
-            return Err(DmaError::TooLarge {
-                requested: len,
-                limit: c.max_len,
-            });
-        }
+        c.check_len(len)?;
         if offset >= self.page {
             return Err(DmaError::InvalidRequest("offset beyond the first page"));
         }

@@ -176,10 +176,10 @@ impl DmaConstraints {
         Ok(())
     }
 
-    /// Whether `len` bytes at device address `addr` satisfy the constraints. For implementations
-    /// that cannot choose addresses ([`Direct`]) and for checking the ones that can.
-    pub fn check(&self, addr: DeviceAddr, len: usize) -> Result<(), DmaError> {
-        self.validate()?;
+    /// Whether a request of `len` bytes may be made at all: not empty, not above `max_len`.
+    /// The first check of [`DmaConstraints::check`], and of the allocators that choose the
+    /// addresses themselves.
+    pub fn check_len(&self, len: usize) -> Result<(), DmaError> {
         if len == 0 {
             return Err(DmaError::InvalidRequest("zero length"));
         }
@@ -189,6 +189,14 @@ impl DmaConstraints {
                 limit: self.max_len,
             });
         }
+        Ok(())
+    }
+
+    /// Whether `len` bytes at device address `addr` satisfy the constraints. For implementations
+    /// that cannot choose addresses ([`Direct`]) and for checking the ones that can.
+    pub fn check(&self, addr: DeviceAddr, len: usize) -> Result<(), DmaError> {
+        self.validate()?;
+        self.check_len(len)?;
         let last = addr.as_u64().checked_add(len as u64 - 1);
         if last.is_none_or(|last| last > self.max_addr) {
             return Err(DmaError::Unreachable {

@@ -263,15 +263,7 @@ impl SlotPool {
         if !align.is_power_of_two() {
             return Err(DmaError::InvalidRequest("alignment is not a power of two"));
         }
-        if len == 0 {
-            return Err(DmaError::InvalidRequest("zero length"));
-        }
-        if len > c.max_len {
-            return Err(DmaError::TooLarge {
-                requested: len,
-                limit: c.max_len,
-            });
-        }
+        c.check_len(len)?;
         let slots = len.div_ceil(self.slot_size as usize);
         if slots > limit_slots {
             return Err(DmaError::TooLarge {
