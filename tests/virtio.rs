@@ -83,14 +83,7 @@ fn check_with(cell: Cell, expected: Expected) -> CellResult {
     image_present(&cell);
     let r = matrix::run_cell(&cell, &expected, &RunOptions::default());
     assert_ne!(r.verdict, CellVerdict::Skip, "{r}");
-    let run = r
-        .run
-        .as_ref()
-        .unwrap_or_else(|| panic!("QEMU did not run\n{r}"));
-    assert!(
-        run.protocol_errors.is_empty(),
-        "report breaks docs/report.md\n{r}"
-    );
+    let run = r.contract_kept_run();
     check_devices_seen(&cell, &expected, &r, run);
     assert_eq!(r.verdict, CellVerdict::Pass, "\n{r}");
     r

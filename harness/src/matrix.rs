@@ -450,6 +450,20 @@ pub struct CellResult {
 }
 
 impl CellResult {
+    /// For tests: the run, which must have happened and kept the report contract
+    /// (docs/report.md); panics with the whole result otherwise.
+    pub fn contract_kept_run(&self) -> &RunResult {
+        let run = self
+            .run
+            .as_ref()
+            .unwrap_or_else(|| panic!("QEMU did not run\n{self}"));
+        assert!(
+            run.protocol_errors.is_empty(),
+            "report breaks docs/report.md\n{self}"
+        );
+        run
+    }
+
     fn skipped(cell: Cell, reason: String, reproduce: String) -> CellResult {
         CellResult {
             cell,
