@@ -17,14 +17,18 @@ use super::FDT_BUF;
 use super::pci::{Phb, PhbBars};
 
 /// The flattened tree the boot made (the blob `tree` was parsed from), when it validates.
+/// Checked once: the IOMMU domains and the device scan both ask, and the blob never changes.
 pub fn fdt_blob() -> Option<&'static [u8]> {
-    // SAFETY: FDT_BUF was written once during the firmware phase, before boot_main; from then
-    // on it is only read (shared references, like BootInfo::fdt).
-    let buf: &'static [u8] = unsafe { &(*FDT_BUF.get()).0 };
-    let total = u32::from_be_bytes(buf.get(4..8)?.try_into().ok()?) as usize;
-    let blob = buf.get(..total)?;
-    devtree::validate(blob).ok()?;
-    Some(blob)
+    static CHECKED: spin::Once<Option<&'static [u8]>> = spin::Once::new();
+    *CHECKED.call_once(|| {
+        // SAFETY: FDT_BUF was written once during the firmware phase, before boot_main; from
+        // then on it is only read (shared references, like BootInfo::fdt).
+        let buf: &'static [u8] = unsafe { &(*FDT_BUF.get()).0 };
+        let total = u32::from_be_bytes(buf.get(4..8)?.try_into().ok()?) as usize;
+        let blob = buf.get(..total)?;
+        devtree::validate(blob).ok()?;
+        Some(blob)
+    })
 }
 
 /// "00:02.0" on the first PHB; "pci@800000020000001/00:02.0" on the others.
